@@ -1,0 +1,55 @@
+"""Entry point of the ``redistill`` command.
+
+Each command lives in its own module exposing ``add_parser(subparsers)`` (which sets
+``func`` on its parser) and a plain Python function doing the work, so every command is
+also callable from Python. Errors the user can fix raise :class:`UserError`: printed on
+one line, exit code 2, traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from redistill.errors import UserError
+
+# Command modules, in the order `redistill --help` lists them.
+COMMANDS = [
+    "redistill.cli.memory",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="redistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"redistill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
