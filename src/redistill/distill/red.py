@@ -1,0 +1,333 @@
+"""RED blocks, the module surgery that inserts them, the RED loss and the "red" method.
+
+METHOD.md s.3-4: for a student feature ``x`` (C channels) the block computes
+``y = x * sigmoid(BN(conv_g(x))) + ReLU6(BN(conv_e(x)))`` and ``y`` replaces the
+activation, in training and in the deployed student. The loss compares channel-mean
+maps of ``y`` and of a teacher feature with the same H x W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from redistill.distill.base import DistillMethod, register_method
+from redistill.distill.hooks import find_module, make_ref
+from redistill.errors import UserError
+
+#: Options a pair's ``red`` dict may set (the keyword arguments of :class:`REDBlock`).
+RED_OPTIONS = ("gate_kernel", "encoder_kernel", "gate", "encoder", "shortcut")
+DISTANCES = ("cosine", "mse")
+
+
+def _conv_bn(channels: int, kernel: int, what: str) -> list[nn.Module]:
+    if kernel < 1 or kernel % 2 == 0:
+        raise UserError(f"RED {what} kernel must be an odd positive size (1, 3, 5, ...) to keep H x W, got {kernel}")
+    # No conv bias: the BatchNorm that follows has its own shift.
+    return [nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(channels)]
+
+
+class REDBlock(nn.Module):
+    """Residual encoded block ``y = x * g(x) + r(x)`` (METHOD.md s.3).
+
+    Args:
+        channels: channels C of the student feature (kept by the block).
+        gate_kernel: kernel of the gate conv ``g = sigmoid(BN(conv(x)))``.
+        encoder_kernel: kernel of the encoder conv ``r = ReLU6(BN(conv(x)))``.
+        gate: False for the no-gate ablation ``y = x + r(x)``.
+        encoder: False for the no-encoder ablation ``y = x * g(x)``.
+        shortcut: False for the no-shortcut ablation ``y = r(x * g(x))`` (encoder applied
+            to the gated feature, no residual path).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        gate_kernel: int = 1,
+        encoder_kernel: int = 3,
+        gate: bool = True,
+        encoder: bool = True,
+        shortcut: bool = True,
+    ) -> None:
+        super().__init__()
+        if not (gate or encoder):
+            raise UserError("a RED block needs its gate or its encoder: gate=false and encoder=false leave nothing")
+        if channels < 1:
+            raise ValueError(f"REDBlock needs a positive channel count, got {channels}")
+        self.channels = int(channels)
+        self.shortcut = bool(shortcut)
+        self.gate = nn.Sequential(*_conv_bn(channels, gate_kernel, "gate")) if gate else None
+        self.encoder = nn.Sequential(*_conv_bn(channels, encoder_kernel, "encoder"), nn.ReLU6()) if encoder else None
+
+    def options(self) -> dict:
+        """The constructor arguments that rebuild this block (minus ``channels``)."""
+        return {
+            "gate_kernel": self.gate[0].kernel_size[0] if self.gate is not None else 1,
+            "encoder_kernel": self.encoder[0].kernel_size[0] if self.encoder is not None else 3,
+            "gate": self.gate is not None,
+            "encoder": self.encoder is not None,
+            "shortcut": self.shortcut,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        gated = x * torch.sigmoid(self.gate(x)) if self.gate is not None else x
+        if self.encoder is None:
+            return gated
+        if not self.shortcut:
+            return self.encoder(gated)
+        return gated + self.encoder(x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, shortcut={self.shortcut}"
+
+
+class REDWrapped(nn.Module):
+    """A student layer with RED blocks on its input and/or output side.
+
+    Replaces the layer in its parent, so the RED blocks are visible in ``print(model)``
+    and in the ``state_dict`` (``<layer>.red_in.*``, ``<layer>.layer.*``, ``<layer>.red_out.*``).
+    """
+
+    def __init__(self, layer: nn.Module, red_in: REDBlock | None = None, red_out: REDBlock | None = None) -> None:
+        super().__init__()
+        # Registering the empty slots first keeps the printed order: red_in, layer, red_out.
+        self.register_module("red_in", red_in)
+        self.layer = layer
+        self.register_module("red_out", red_out)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.red_in is not None:
+            x = self.red_in(x)
+        y = self.layer(x, *args, **kwargs)
+        if self.red_out is not None:
+            y = self.red_out(y)
+        return y
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _feature_channels(model: nn.Module, layer: str, side: str, example_input: torch.Tensor | None) -> int:
+    if example_input is None:
+        raise UserError(f"insert_red('{layer}'): give channels= or an example_input to read them from")
+    from redistill.distill.pairing import probe_shapes
+
+    return probe_shapes(model, [make_ref(layer, side)], example_input)[make_ref(layer, side)][1]
+
+
+def insert_red(
+    model: nn.Module,
+    layer: str,
+    side: str,
+    channels: int | None = None,
+    example_input: torch.Tensor | None = None,
+    **options,
+) -> REDBlock:
+    """Insert a RED block on the ``side`` ("out" or "in") of ``model``'s ``layer``, in place.
+
+    The layer is replaced by a :class:`REDWrapped` holding it (a second call for the other
+    side of the same layer reuses that wrapper).
+
+    Args:
+        model: the student (modified in place).
+        layer: qualified module name, e.g. ``"layer2.0"``.
+        side: "out" (the block rewrites the layer's output) or "in" (its input).
+        channels: channels of that feature; read from a forward of ``example_input`` if None.
+        example_input: an input batch, needed only when ``channels`` is None.
+        **options: :class:`REDBlock` options (``gate_kernel``, ``encoder``, ...).
+    Returns:
+        The new block (already placed on the layer's device and dtype).
+    Raises:
+        UserError: unknown layer (with suggestions), bad side or option, a side that
+            already has a RED block.
+    """
+    if side not in ("out", "in"):
+        raise UserError(f"RED side must be 'out' or 'in', got '{side}'")
+    unknown = [k for k in options if k not in RED_OPTIONS]
+    if unknown:
+        raise UserError(f"unknown RED option '{unknown[0]}'; valid options: {', '.join(RED_OPTIONS)}")
+    target = find_module(model, layer, "student")
+    if channels is None:
+        channels = _feature_channels(model, layer, side, example_input)
+    wrapper = target if isinstance(target, REDWrapped) else REDWrapped(target)
+    slot = "red_in" if side == "in" else "red_out"
+    if getattr(wrapper, slot) is not None:
+        raise UserError(f"layer '{layer}' already has a RED block on its {side} side; list each (layer, side) once")
+    block = REDBlock(channels, **options)
+    like = next(iter(target.parameters()), None)
+    if like is None and example_input is not None:
+        like = example_input
+    if like is not None:
+        block = block.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+    setattr(wrapper, slot, block)
+    if wrapper is not target:
+        _set_submodule(model, layer, wrapper)
+    return block
+
+
+def red_layout(model: nn.Module) -> list[dict]:
+    """Describe the RED surgery of ``model`` so it can be redone on a fresh model.
+
+    Returns:
+        ``[{"layer": name, "side": "in"|"out", "channels": C, **block options}, ...]``,
+        layer names as in the model *before* surgery.
+    """
+    layout: list[dict] = []
+
+    def walk(module: nn.Module, original: str) -> None:
+        if isinstance(module, REDWrapped):
+            for side, block in (("in", module.red_in), ("out", module.red_out)):
+                if block is not None:
+                    layout.append({"layer": original, "side": side, "channels": block.channels, **block.options()})
+            # The wrapped layer keeps the wrapper's original name: the ".layer" hop is ours.
+            walk(module.layer, original)
+            return
+        for child_name, child in module.named_children():
+            walk(child, f"{original}.{child_name}" if original else child_name)
+
+    walk(model, "")
+    return layout
+
+
+def apply_red_layout(model: nn.Module, layout: Sequence[dict]) -> nn.Module:
+    """Redo the surgery described by :func:`red_layout` on ``model`` (in place); returns it."""
+    for entry in sorted(layout, key=lambda e: -e["layer"].count(".")):
+        entry = dict(entry)
+        insert_red(model, entry.pop("layer"), entry.pop("side"), channels=entry.pop("channels"), **entry)
+    return model
+
+
+def red_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
+    """RED distance between channel-mean maps (METHOD.md s.4).
+
+    Args:
+        student_feat: (B, Cs, H, W), the RED block output.
+        teacher_feat: (B, Ct, H, W); channel counts may differ.
+        distance: "cosine" -> ``mean_b(1 - cos(s_b, t_b))``; "mse" -> ``mse(s, t)``.
+    Returns:
+        A scalar tensor.
+    """
+    if student_feat.shape[-2:] != teacher_feat.shape[-2:]:
+        raise ValueError(
+            f"RED loss needs equal H x W: student {tuple(student_feat.shape)} vs teacher {tuple(teacher_feat.shape)}"
+        )
+    # Reduce in fp32: channel means of fp16 activations lose the small differences that matter here.
+    s = student_feat.float().mean(dim=1)  # (B, H, W)
+    t = teacher_feat.float().mean(dim=1)
+    if distance == "cosine":
+        return (1.0 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
+    if distance == "mse":
+        return F.mse_loss(s, t)
+    raise UserError(f"unknown RED distance '{distance}'; use one of {', '.join(DISTANCES)}")
+
+
+@register_method("red")
+class REDMethod(DistillMethod):
+    """ReDistill: RED blocks in the student, aligned to same-resolution teacher features.
+
+    The total loss is ``w_task * CE + w_distill * mean_k(alpha_k * L_k)``, so each
+    pair's term ``red/<layer>[:in]`` weighs ``w_distill * alpha_k / K``.
+
+    Args:
+        pairs: "auto" (proposed from resolutions, METHOD.md s.5) or a list of pairs:
+            :class:`~redistill.distill.pairing.Pair` objects, dicts with keys student,
+            teacher, side, distance, alpha, red, or strings ``"conv1 -> layer2.0"``.
+        distance: default distance of pairs that do not set one ("cosine" or "mse").
+        alpha: default per-pair weight alpha_k (the authors: 50 on STL10, 1 on ImageNet).
+        w_task: weight of the cross-entropy.
+        w_distill: weight of the mean RED loss.
+        red: default :class:`REDBlock` options for every pair (a pair's own ``red`` wins).
+    """
+
+    def __init__(
+        self,
+        pairs="auto",
+        distance: str = "cosine",
+        alpha: float = 1.0,
+        w_task: float = 0.5,
+        w_distill: float = 0.5,
+        red: dict | None = None,
+    ) -> None:
+        super().__init__()
+        from redistill.distill.pairing import Pair, parse_pairs
+
+        if distance not in DISTANCES:
+            raise UserError(f"unknown RED distance '{distance}'; use one of {', '.join(DISTANCES)}")
+        self.defaults = {"distance": distance, "alpha": float(alpha), "red": dict(red or {})}
+        Pair("x", "x", "out", **self.defaults)  # validates the default RED options early
+        self.pairs_spec = pairs if pairs == "auto" else parse_pairs(pairs, **self.defaults)
+        self.pairs: list = [] if pairs == "auto" else list(self.pairs_spec)
+        self.task_weight = float(w_task)
+        self.w_distill = float(w_distill)
+        self._student_refs: list[str] = []
+
+    def setup(self, student: nn.Module, teacher: nn.Module, example_input: torch.Tensor) -> nn.Module:
+        """Resolve the pairs, validate their shapes and insert the RED blocks in ``student``."""
+        from redistill.distill.pairing import auto_pairs, validate_pairs
+
+        if self._student_refs:
+            raise RuntimeError("REDMethod.setup was already called; build a new method for a new student")
+        if self.pairs_spec == "auto":
+            self.pairs = auto_pairs(student, teacher, example_input, **self.defaults)
+        seen = set()
+        for pair in self.pairs:
+            if (pair.student, pair.side) in seen:
+                raise UserError(f"two pairs put a RED block on the {pair.side} side of '{pair.student}'; keep one")
+            seen.add((pair.student, pair.side))
+        shapes = validate_pairs(student, teacher, self.pairs, example_input)
+        # Deepest layers first: wrapping an outer layer renames what is inside it, not the reverse.
+        order = sorted(range(len(self.pairs)), key=lambda i: -self.pairs[i].student.count("."))
+        placed = {}
+        for i in order:
+            pair = self.pairs[i]
+            placed[i] = insert_red(
+                student, pair.student, pair.side, channels=shapes[i][0][1], example_input=example_input, **pair.red
+            )
+        blocks = [placed[i] for i in range(len(self.pairs))]
+        names = {id(m): n for n, m in student.named_modules()}
+        self._student_refs = [names[id(b)] for b in blocks]
+        return student
+
+    def student_refs(self) -> list[str]:
+        return list(self._student_refs)
+
+    def teacher_refs(self) -> list[str]:
+        return [p.teacher_ref for p in self.pairs]
+
+    def term_names(self) -> list[str]:
+        return [p.term_name for p in self.pairs]
+
+    def term_weight(self, term_name: str) -> float:
+        for pair in self.pairs:
+            if pair.term_name == term_name:
+                return self.w_distill * pair.alpha / len(self.pairs)
+        raise KeyError(f"unknown RED term '{term_name}'; terms: {', '.join(self.term_names())}")
+
+    def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, torch.Tensor]:
+        if not self._student_refs:
+            raise RuntimeError("REDMethod.setup(student, teacher, example_input) must run before training")
+        return {
+            pair.term_name: red_loss(feats_s[ref_s], feats_t[pair.teacher_ref], pair.distance)
+            for pair, ref_s in zip(self.pairs, self._student_refs)
+        }
+
+    def extra_repr(self) -> str:
+        pairs = ", ".join(f"{p.student_ref}<->{p.teacher_ref}" for p in self.pairs) or "auto"
+        return f"pairs=[{pairs}], w_task={self.task_weight}, w_distill={self.w_distill}"
+
+
+__all__ = [
+    "REDBlock",
+    "REDWrapped",
+    "REDMethod",
+    "insert_red",
+    "red_layout",
+    "apply_red_layout",
+    "red_loss",
+]
