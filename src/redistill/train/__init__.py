@@ -1,0 +1,10 @@
+"""Training pipeline: typed configs, data, the training loop, checkpoints, export.
+
+Python API: ``cfg = load_config(path_or_dict, overrides)`` then
+``summary = run_training(cfg, run_dir, resume=False, overwrite=False)``.
+"""
+
+from redistill.train.config import Config, load_config
+from redistill.train.trainer import run_training
+
+__all__ = ["Config", "load_config", "run_training"]

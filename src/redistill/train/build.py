@@ -1,0 +1,172 @@
+"""Build what a run trains from its config: the networks, the teacher's weights, the Distiller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from redistill.errors import UserError
+from redistill.train.checkpoint import load_checkpoint, load_weights
+from redistill.train.config import Config, DistillConfig, ModelConfig
+from redistill.train.data import DataInfo
+
+
+def build_model(spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo) -> nn.Module:
+    """Build one network from a model spec, sized for the data set.
+
+    Project specs (``cifar_resnet20:strides=4,1,1,1`` or a dict) get ``num_classes``,
+    ``in_channels`` and ``model.options``; torchvision names get ``num_classes``;
+    ``module:factory`` references are built as they are.
+
+    Args:
+        spec: model spec string or dict.
+        mcfg: the ``model`` config section (class / channel overrides, options).
+        info: the data set's classes, channels and image size.
+    Returns:
+        The model (in train mode).
+    """
+    from redistill.modelref import resolve_model
+
+    num_classes = mcfg.num_classes or info.num_classes
+    in_channels = mcfg.in_channels or info.in_channels
+    try:
+        from redistill.models import create_model, is_model_spec
+    except ImportError:  # the model registry is optional for torchvision / factory models
+        create_model = is_model_spec = None
+    if isinstance(spec, dict):
+        if create_model is None:
+            raise UserError("model specs given as mappings need redistill.models")
+        spec = dict(spec)
+        spec.setdefault("num_classes", num_classes)
+        if spec.get("source") != "torchvision":
+            spec.setdefault("in_channels", in_channels)
+        model = create_model({**spec, **mcfg.options})
+    elif is_model_spec is not None and is_model_spec(spec):
+        model = create_model(spec, num_classes=num_classes, in_channels=in_channels, **mcfg.options)
+    elif ":" in spec and not spec.split(":", 1)[1].startswith("strides="):
+        model = resolve_model(spec)
+    else:
+        if in_channels != 3:
+            raise UserError(
+                f"torchvision model '{spec}' takes 3-channel images but {info.name} has {in_channels}; "
+                "use a redistill model spec (e.g. cifar_resnet20) or a module:factory reference"
+            )
+        model = resolve_model(spec, num_classes=num_classes, **mcfg.options)
+    return model.train()
+
+
+def spec_of(model: nn.Module, spec: Union[str, dict]) -> Union[str, dict]:
+    """The YAML-able spec that rebuilds ``model`` (the registry's full spec when it has one)."""
+    try:
+        from redistill.models import model_spec
+
+        return model_spec(model)
+    except (ImportError, UserError):
+        return spec
+
+
+def checkpoint_file(path: Union[str, Path]) -> Path:
+    """The checkpoint a path names: a file as is, a run directory's ``best.pt`` (else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"no best.pt or last.pt in run directory {path}")
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
+    """The frozen teacher a distillation run needs, with its trained weights, or None.
+
+    ``model.teacher_checkpoint`` may be a checkpoint file, a run directory (its best checkpoint)
+    or an export directory. Without a checkpoint the teacher keeps random weights, which is
+    only sensible in tests, so it is refused for a real method run.
+    """
+    if cfg.distill.method is None:
+        return None
+    ref = cfg.model.teacher_checkpoint
+    if ref is not None and Path(ref).is_dir() and (Path(ref) / "spec.yaml").is_file():
+        from redistill.train.export import load_exported
+
+        return load_exported(ref)
+    if cfg.model.teacher is None:
+        raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher (the teacher's model spec)")
+    teacher = build_model(cfg.model.teacher, cfg.model, info)
+    if ref is None:
+        raise UserError(
+            f"distill.method '{cfg.distill.method}' needs model.teacher_checkpoint "
+            "(a trained teacher's run directory, checkpoint or export)"
+        )
+    path = checkpoint_file(ref)
+    load_weights(teacher, load_checkpoint(path)["model"], path, what="teacher")
+    return teacher.eval()
+
+
+def resolve_pairs(dcfg: DistillConfig, student: nn.Module, teacher: nn.Module, example: torch.Tensor) -> Optional[list]:
+    """The pair list a method gets: ``auto`` proposed from resolutions, a list validated; None if unset."""
+    if dcfg.pairs is None:
+        return None
+    from redistill.distill.pairing import Pair, auto_pairs, validate_pairs
+
+    if dcfg.pairs == "auto":
+        pairs = auto_pairs(student, teacher, example)
+        if not pairs:
+            raise UserError("distill.pairs: auto found no student/teacher layers with matching resolutions")
+    else:
+        pairs = []
+        for i, item in enumerate(dcfg.pairs):
+            if not isinstance(item, dict):
+                raise UserError(f"distill.pairs[{i}] must be a mapping with student, teacher, side, got {item!r}")
+            try:
+                pairs.append(Pair(**item))
+            except TypeError as err:
+                raise UserError(f"distill.pairs[{i}]: {err} (fields: student, teacher, side, distance, alpha, red)") from err
+    validate_pairs(student, teacher, pairs, example)
+    return pairs
+
+
+def pairs_to_data(pairs: Optional[list]) -> Optional[list[dict[str, Any]]]:
+    """Pairs as plain dicts (for the resolved record of a run)."""
+    if pairs is None:
+        return None
+    import dataclasses
+
+    return [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else dict(p) for p in pairs]
+
+
+def build_distiller(cfg: Config, info: DataInfo, teacher: Optional[nn.Module] = None):
+    """The student (after the method's setup / surgery) wrapped in a Distiller.
+
+    Args:
+        cfg: the run config.
+        info: data set description (classes, channels, image size).
+        teacher: the frozen teacher (see :func:`load_teacher`); None without distillation.
+    Returns:
+        ``(distiller, pairs)``: the Distiller and the resolved pairs (None when the config has none).
+    """
+    from redistill.distill.distiller import Distiller
+
+    student = build_model(cfg.model.student, cfg.model, info)
+    method, pairs = None, None
+    if cfg.distill.method is not None:
+        from redistill.distill.base import create_method
+
+        # Shapes are all setup needs; a private generator leaves the training RNG untouched.
+        gen = torch.Generator().manual_seed(0)
+        example = torch.randn(2, info.in_channels, info.image_size, info.image_size, generator=gen)
+        options = dict(cfg.distill.options)
+        pairs = resolve_pairs(cfg.distill, student, teacher, example)
+        if pairs is not None:
+            options["pairs"] = pairs
+        method = create_method(cfg.distill.method, **options)
+        student = method.setup(student, teacher, example)
+    distiller = Distiller(
+        student, teacher, method, task_weight=cfg.distill.task_weight, label_smoothing=cfg.optim.label_smoothing
+    )
+    return distiller, pairs

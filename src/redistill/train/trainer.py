@@ -1,0 +1,434 @@
+"""The training loop: one function, ``run_training(cfg, run_dir)``, for teachers, vanilla and
+distilled students alike.
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per
+epoch with every loss term by name), ``tb/`` (TensorBoard events), ``last.pt`` and ``best.pt``
+(best validation accuracy) and, at the end, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from redistill.errors import UserError
+from redistill.train import distributed as dd
+from redistill.train.build import build_distiller, load_teacher, pairs_to_data, spec_of
+from redistill.train.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from redistill.train.config import Config, load_config
+from redistill.train.data import DataInfo, batch_mixer, build_datasets, eval_loader, set_epoch, train_loader
+from redistill.train.optim import build_optimizer, build_scheduler
+
+# Keys that may differ when a run is resumed: they do not change what is computed.
+_RESUME_FREE = {"run.progress", "data.workers", "data.eval_batch_size", "run.device", "run.log_every"}
+
+
+class _Divergence(Exception):
+    pass
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "options":
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: pick one")
+    used = run_dir.exists() and any(run_dir.iterdir())
+    if used and not (resume or overwrite):
+        raise UserError(f"run directory {run_dir} already exists: pass --resume to continue it or --overwrite to start over")
+    if used and overwrite:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir} is not a redistill run directory (no config.yaml); refusing to delete it")
+        shutil.rmtree(run_dir)
+    if used and resume and (run_dir / "config.yaml").is_file():
+        old = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        new = _flatten(cfg.to_dict())
+        changed = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
+        if changed:
+            raise UserError(
+                f"cannot resume {run_dir}: the config differs in {', '.join(changed[:5])}; "
+                "use the run's config.yaml or --overwrite"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+
+def _pick_device(name: str, env: dd.DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device is {name} but no CUDA device is available; use run.device=cpu")
+        return torch.device("cuda", env.local_rank) if env.enabled or name == "cuda" else torch.device(name)
+    if name != "cpu":
+        raise UserError(f"run.device must be auto, cpu, cuda or cuda:N, got '{name}'")
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def accuracy_count(logits: torch.Tensor, targets: torch.Tensor) -> int:
+    """Correct top-1 predictions; soft targets (CutMix / MixUp) count their largest class."""
+    labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+    return int((logits.argmax(dim=1) == labels).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, channels_last: bool = False) -> dict:
+    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(images)
+        loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+        correct += accuracy_count(logits, targets)
+        total += len(targets)
+    model.train(was_training)
+    return {"acc": 100.0 * correct / max(total, 1), "loss": loss / max(total, 1), "count": total}
+
+
+def _write_metrics(path: Path, record: dict, keep_up_to: Optional[int] = None) -> None:
+    if keep_up_to is not None:  # a resumed run drops lines of epochs it is about to redo
+        lines = path.read_text().splitlines() if path.is_file() else []
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= keep_up_to]
+        path.write_text("".join(line + "\n" for line in kept))
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class _Loop:
+    """State of one training run; ``run_training`` drives it."""
+
+    def __init__(self, cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device):
+        self.cfg, self.run_dir, self.env, self.device = cfg, run_dir, env, device
+        self.use_cuda = device.type == "cuda"
+        self.amp = cfg.run.amp and self.use_cuda
+        self.channels_last = cfg.run.channels_last and self.use_cuda
+
+        splits = build_datasets(cfg.data)
+        self.info: DataInfo = splits.info
+        pin = self.use_cuda
+        self.train_loader = train_loader(splits.train, cfg.data, cfg.run.seed, env.world_size, env.rank, pin)
+        if len(self.train_loader) == 0:
+            raise UserError(
+                f"the training split has {len(splits.train)} images, fewer than one batch of "
+                f"{cfg.data.batch_size // env.world_size} per process; lower data.batch_size or raise data.subset"
+            )
+        self.val_loader = eval_loader(splits.val, cfg.data, pin) if splits.val is not None else None
+        self.test_loader = eval_loader(splits.test, cfg.data, pin)
+        self.mix = batch_mixer(cfg.data.augment, self.info.num_classes)
+
+        teacher = load_teacher(cfg, self.info)
+        self.distiller, self.pairs = build_distiller(cfg, self.info, teacher)
+        self.distiller.to(device)
+        if self.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
+        self.model: nn.Module = self.distiller
+        if env.enabled:
+            ids = [device.index] if self.use_cuda else None
+            self.model = nn.parallel.DistributedDataParallel(self.distiller, device_ids=ids)
+        self.optimizer = build_optimizer(cfg.optim, self.distiller.trainable_parameters())
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, cfg.run.epochs)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
+        self.elapsed = 0.0  # training seconds of earlier sessions of a resumed run
+
+    # -------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict:
+        method = self.distiller.method
+        return {
+            "epoch": self.epoch,
+            "model": self.distiller.student.state_dict(),
+            "method": method.state_dict() if method is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "elapsed": self.elapsed,
+            "config": self.cfg.to_dict(),
+        }
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in ("epoch", "model", "optimizer", "scheduler", "scaler", "rng") if k not in state]
+        if missing:
+            raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot be resumed")
+        load_weights(self.distiller.student, state["model"], path, what="model")
+        if self.distiller.method is not None:
+            load_weights(self.distiller.method, state["method"], path, what="method")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise UserError(f"optimizer/scheduler state in {path} does not fit this run: {err}") from err
+        set_rng_state(state["rng"])
+        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
+        self.elapsed = float(state.get("elapsed", 0.0))
+
+    # -------------------------------------------------------------- one epoch
+
+    def train_epoch(self, writer) -> dict:
+        cfg, env = self.cfg, self.env
+        self.model.train()
+        set_epoch(self.train_loader, cfg.run.seed, self.epoch)
+        sums: dict[str, float] = {}
+        seen, correct = 0, 0
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}/{cfg.run.epochs}",
+            disable=not (cfg.run.progress and env.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for step, (images, targets) in enumerate(bar):
+            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if self.mix is not None:
+                images, targets = self.mix(images, targets)
+            with autocast:
+                logits, terms = self.model(images, targets)
+                loss = self.distiller.total_loss(terms)
+            values = torch.stack([loss.detach().float()] + [t.detach().float() for t in terms.values()])
+            if env.enabled:  # every process must learn of a divergence, or the others hang
+                finite = dd.all_sum(env, torch.isfinite(values).all().float().reshape(1)) == env.world_size
+            else:
+                finite = torch.isfinite(values).all()
+            if not bool(finite):
+                shown = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(["loss", *terms], values))
+                raise _Divergence(f"loss is not finite at epoch {self.epoch + 1} step {step + 1} ({shown})")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.optim.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(list(self.distiller.trainable_parameters()), cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+
+            n = len(targets)
+            for name, value in zip(["loss", *terms], values.tolist()):
+                sums[name] = sums.get(name, 0.0) + value * n
+            seen += n
+            correct += accuracy_count(logits.detach(), targets)
+            global_step = self.epoch * self.steps_per_epoch + step + 1
+            if writer is not None and global_step % cfg.run.log_every == 0:
+                for name, value in zip(["loss", *terms], values.tolist()):
+                    writer.add_scalar(f"step/{name}", value, global_step)
+                writer.add_scalar("step/lr", self.optimizer.param_groups[0]["lr"], global_step)
+            if env.is_main and cfg.run.progress:
+                bar.set_postfix(loss=f"{values[0].item():.3f}", refresh=False)
+
+        names = list(sums)
+        totals = dd.all_sum(env, torch.tensor([sums[k] for k in names] + [seen, correct], dtype=torch.float64))
+        seen_all = float(totals[-2])
+        out = {f"train/{k}": float(v) / seen_all for k, v in zip(names, totals[:-2])}
+        out["train/acc"] = 100.0 * float(totals[-1]) / seen_all
+        return out
+
+
+def _peak_memory(model: nn.Module, shape: tuple) -> dict[str, Any]:
+    try:
+        from redistill.memory import analyze_memory
+    except ImportError:
+        return {"peak_bytes_live": None, "peak_bytes_layer": None, "peak_module_live": None}
+    live = analyze_memory(model, shape, convention="live")
+    layer = analyze_memory(model, shape, convention="layer")
+    return {"peak_bytes_live": int(live.peak_bytes), "peak_bytes_layer": int(layer.peak_bytes), "peak_module_live": live.peak_module}
+
+
+def model_figures(model: nn.Module, shape: tuple) -> dict[str, Any]:
+    """Peak memory (live and layer conventions, per image, fp32), parameters and FLOPs of a model."""
+    model = model.eval()
+    out = _peak_memory(model, shape)
+    try:
+        from redistill.flops import count_flops, count_params
+
+        out["params"] = int(count_params(model))
+        out["flops"] = int(count_flops(model, shape))
+    except ImportError:
+        out["params"] = sum(p.numel() for p in model.parameters())
+        out["flops"] = None
+    return out
+
+
+def run_training(
+    cfg: Union[Config, dict, str, Path], run_dir: Union[str, Path], resume: bool = False, overwrite: bool = False
+) -> dict:
+    """Train the model a config describes and write the run directory.
+
+    Args:
+        cfg: a :class:`Config` (or anything :func:`load_config` accepts).
+        run_dir: where config, metrics, checkpoints and the summary go.
+        resume: continue from ``run_dir/last.pt`` (exactly: same weights as an uninterrupted run).
+        overwrite: delete an existing run directory first.
+    Returns:
+        The content of ``summary.json``: ``val_acc`` (best, percent), ``test_acc`` (of the best
+        checkpoint), ``peak_bytes_live`` / ``peak_bytes_layer`` (deployed model, per image, fp32),
+        ``params``, ``flops``, ``train_time_s`` and more.
+    Raises:
+        UserError: bad config, missing data, an existing run directory without resume/overwrite,
+            a bad checkpoint, or a loss that became NaN/inf (the last good checkpoint is kept).
+    """
+    cfg = cfg if isinstance(cfg, Config) else load_config(cfg)
+    run_dir = Path(run_dir)
+    device_type = "cuda" if cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available()) else "cpu"
+    env = dd.init_distributed(device_type)
+    old_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        error = None
+        if env.is_main:
+            try:
+                _prepare_run_dir(run_dir, cfg, resume, overwrite)
+            except UserError as err:
+                error = str(err)
+        error = dd.broadcast_object(env, error)
+        if error is not None:
+            raise UserError(error)
+        if resume and (run_dir / "summary.json").is_file() and (run_dir / "last.pt").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+            if summary.get("epochs") == cfg.run.epochs:
+                return summary
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        _seed_everything(cfg.run.seed)
+        device = _pick_device(cfg.run.device, env)
+        return _train(cfg, run_dir, env, device, resume)
+    finally:
+        torch.use_deterministic_algorithms(old_deterministic)
+        dd.close_distributed(env)
+
+
+def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, resume: bool) -> dict:
+    loop = _Loop(cfg, run_dir, env, device)
+    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and last.is_file():
+        loop.restore(last)
+    metrics = run_dir / "metrics.jsonl"
+    writer = None
+    if env.is_main:
+        _write_metrics(metrics, {}, keep_up_to=loop.epoch)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=loop.epoch * loop.steps_per_epoch + 1)
+    started = time.perf_counter() - loop.elapsed
+    try:
+        while loop.epoch < cfg.run.epochs:
+            epoch_start = time.perf_counter()
+            try:
+                record = loop.train_epoch(writer)
+            except _Divergence as err:
+                kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
+                raise UserError(f"training diverged: {err}; {kept}; lower optim.lr or set optim.grad_clip") from err
+            loop.epoch += 1
+            record = {"epoch": loop.epoch, "lr": loop.optimizer.param_groups[0]["lr"], **record}
+            if loop.val_loader is not None:
+                val = evaluate(loop.distiller.student, loop.val_loader, device, loop.amp, loop.channels_last)
+                record.update({"val/acc": val["acc"], "val/loss": val["loss"]})
+            record["weights"] = loop.distiller.weights()
+            record["time_s"] = time.perf_counter() - epoch_start
+            improved = loop.val_loader is None or record["val/acc"] > loop.best_val
+            if improved:
+                loop.best_val = record.get("val/acc", loop.best_val)
+                loop.best_epoch = loop.epoch
+            loop.elapsed = time.perf_counter() - started
+            if env.is_main:
+                _write_metrics(metrics, record)
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "epoch":
+                        writer.add_scalar(key, value, loop.epoch * loop.steps_per_epoch)
+                state = loop.state()
+                save_checkpoint(last, state)
+                if improved:
+                    save_checkpoint(best, state)
+                if cfg.run.progress:
+                    shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float))
+                    tqdm.write(f"epoch {loop.epoch}/{cfg.run.epochs}: {shown}")
+            dd.barrier(env)
+    finally:
+        if writer is not None:
+            writer.close()
+    train_time = time.perf_counter() - started
+    return _finish(loop, run_dir, train_time)
+
+
+def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
+    cfg, env, device = loop.cfg, loop.env, loop.device
+    # The reported model is the one chosen on validation data: the best checkpoint.
+    best = run_dir / "best.pt"
+    dd.barrier(env)
+    if best.is_file():
+        load_weights(loop.distiller.student, load_checkpoint(best, map_location=device)["model"], best)
+    test_best = evaluate(loop.distiller.student, loop.test_loader, device, loop.amp, loop.channels_last)
+    summary: dict[str, Any] = {}
+    if env.is_main:
+        deployed = loop.distiller.deployed_student()
+        info = loop.info
+        shape = (1, info.in_channels, info.image_size, info.image_size)
+        figures = model_figures(_cpu_copy(deployed), shape)
+        summary = {
+            "run_dir": str(run_dir),
+            "model": spec_of(loop.distiller.student, cfg.model.student),
+            "method": cfg.distill.method,
+            "pairs": pairs_to_data(loop.pairs),
+            "data": info.name,
+            "num_classes": info.num_classes,
+            "input_shape": list(shape),
+            "epochs": cfg.run.epochs,
+            "best_epoch": loop.best_epoch,
+            "val_acc": loop.best_val if loop.val_loader is not None else None,
+            "test_acc": test_best["acc"],
+            **figures,
+            "train_time_s": train_time,
+            "world_size": env.world_size,
+            "device": str(device),
+        }
+        tmp = run_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(run_dir / "summary.json")
+    return dd.broadcast_object(env, summary)
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format)
