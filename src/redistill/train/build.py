@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from redistill.errors import UserError
 from redistill.train.checkpoint import load_checkpoint, load_weights
-from redistill.train.config import Config, DistillConfig, ModelConfig
+from redistill.train.config import Config, ModelConfig
 from redistill.train.data import DataInfo
 
 
@@ -85,59 +85,65 @@ def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
     """The frozen teacher a distillation run needs, with its trained weights, or None.
 
     ``model.teacher_checkpoint`` may be a checkpoint file, a run directory (its best checkpoint)
-    or an export directory. Without a checkpoint the teacher keeps random weights, which is
-    only sensible in tests, so it is refused for a real method run.
+    or an export directory. The teacher is rebuilt with the model options of the run that
+    trained it (recorded in its checkpoint); ``model.teacher`` may then be left out. A method
+    run without a checkpoint is refused: a random teacher teaches nothing.
     """
     if cfg.distill.method is None:
         return None
     ref = cfg.model.teacher_checkpoint
-    if ref is not None and Path(ref).is_dir() and (Path(ref) / "spec.yaml").is_file():
-        from redistill.train.export import load_exported
-
-        return load_exported(ref)
-    if cfg.model.teacher is None:
-        raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher (the teacher's model spec)")
-    teacher = build_model(cfg.model.teacher, cfg.model, info)
     if ref is None:
         raise UserError(
             f"distill.method '{cfg.distill.method}' needs model.teacher_checkpoint "
             "(a trained teacher's run directory, checkpoint or export)"
         )
+    if Path(ref).is_dir() and (Path(ref) / "spec.yaml").is_file():
+        from redistill.train.export import load_exported
+
+        return load_exported(ref)
     path = checkpoint_file(ref)
-    load_weights(teacher, load_checkpoint(path)["model"], path, what="teacher")
-    return teacher.eval()
+    state = load_checkpoint(path)
+    spec, mcfg = cfg.model.teacher, cfg.model
+    trained_by = (state.get("config") or {}).get("model") or {}
+    if trained_by:
+        spec = spec if spec is not None else trained_by.get("student")
+        mcfg = ModelConfig(
+            num_classes=trained_by.get("num_classes"),
+            in_channels=trained_by.get("in_channels"),
+            options=dict(trained_by.get("options") or {}),
+        )
+    if spec is None:
+        raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher (the teacher's model spec)")
+    return model_from_state(spec, mcfg, info, state, path, what="teacher")
 
 
-def resolve_pairs(dcfg: DistillConfig, student: nn.Module, teacher: nn.Module, example: torch.Tensor) -> Optional[list]:
-    """The pair list a method gets: ``auto`` proposed from resolutions, a list validated; None if unset."""
-    if dcfg.pairs is None:
+def red_layout_of(model: nn.Module) -> list[dict]:
+    """The RED surgery in ``model`` as plain data (empty for a model without RED blocks)."""
+    from redistill.distill.red import red_layout
+
+    return red_layout(model)
+
+
+def model_from_state(
+    spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, state: dict, source, what: str = "model"
+) -> nn.Module:
+    """Rebuild a trained network from its spec, the RED layout and the weights of a checkpoint."""
+    model = build_model(spec, mcfg, info)
+    layout = state.get("red_layout") or []
+    if layout:
+        from redistill.distill.red import apply_red_layout
+
+        apply_red_layout(model, layout)
+    load_weights(model, state["model"], source, what=what)
+    return model.eval()
+
+
+def pairs_to_data(method) -> Optional[list[dict[str, Any]]]:
+    """The pairs a method resolved (``auto`` included), as plain dicts; None if it has none."""
+    pairs = getattr(method, "pairs", None)
+    if not pairs:
         return None
-    from redistill.distill.pairing import Pair, auto_pairs, validate_pairs
-
-    if dcfg.pairs == "auto":
-        pairs = auto_pairs(student, teacher, example)
-        if not pairs:
-            raise UserError("distill.pairs: auto found no student/teacher layers with matching resolutions")
-    else:
-        pairs = []
-        for i, item in enumerate(dcfg.pairs):
-            if not isinstance(item, dict):
-                raise UserError(f"distill.pairs[{i}] must be a mapping with student, teacher, side, got {item!r}")
-            try:
-                pairs.append(Pair(**item))
-            except TypeError as err:
-                raise UserError(f"distill.pairs[{i}]: {err} (fields: student, teacher, side, distance, alpha, red)") from err
-    validate_pairs(student, teacher, pairs, example)
-    return pairs
-
-
-def pairs_to_data(pairs: Optional[list]) -> Optional[list[dict[str, Any]]]:
-    """Pairs as plain dicts (for the resolved record of a run)."""
-    if pairs is None:
-        return None
-    import dataclasses
-
-    return [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else dict(p) for p in pairs]
+    return [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in pairs]
 
 
 def build_distiller(cfg: Config, info: DataInfo, teacher: Optional[nn.Module] = None):
@@ -148,12 +154,12 @@ def build_distiller(cfg: Config, info: DataInfo, teacher: Optional[nn.Module] = 
         info: data set description (classes, channels, image size).
         teacher: the frozen teacher (see :func:`load_teacher`); None without distillation.
     Returns:
-        ``(distiller, pairs)``: the Distiller and the resolved pairs (None when the config has none).
+        The Distiller (its ``method`` holds the resolved pairs, if any).
     """
     from redistill.distill.distiller import Distiller
 
     student = build_model(cfg.model.student, cfg.model, info)
-    method, pairs = None, None
+    method = None
     if cfg.distill.method is not None:
         from redistill.distill.base import create_method
 
@@ -161,12 +167,13 @@ def build_distiller(cfg: Config, info: DataInfo, teacher: Optional[nn.Module] = 
         gen = torch.Generator().manual_seed(0)
         example = torch.randn(2, info.in_channels, info.image_size, info.image_size, generator=gen)
         options = dict(cfg.distill.options)
-        pairs = resolve_pairs(cfg.distill, student, teacher, example)
-        if pairs is not None:
-            options["pairs"] = pairs
+        if cfg.distill.pairs is not None:
+            if "pairs" in options:
+                raise UserError("pairs are set twice: in distill.pairs and in distill.options.pairs; keep one")
+            options["pairs"] = cfg.distill.pairs
         method = create_method(cfg.distill.method, **options)
-        student = method.setup(student, teacher, example)
-    distiller = Distiller(
+        student.eval()  # setup may run the student; its BN statistics must not learn from noise
+        student = method.setup(student, teacher, example).train()
+    return Distiller(
         student, teacher, method, task_weight=cfg.distill.task_weight, label_smoothing=cfg.optim.label_smoothing
     )
-    return distiller, pairs

@@ -8,6 +8,7 @@ epoch with every loss term by name), ``tb/`` (TensorBoard events), ``last.pt`` a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from redistill.errors import UserError
 from redistill.train import distributed as dd
-from redistill.train.build import build_distiller, load_teacher, pairs_to_data, spec_of
+from redistill.train.build import build_distiller, load_teacher, pairs_to_data, red_layout_of, spec_of
 from redistill.train.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from redistill.train.config import Config, load_config
 from redistill.train.data import DataInfo, batch_mixer, build_datasets, eval_loader, set_epoch, train_loader
@@ -151,7 +152,7 @@ class _Loop:
         self.mix = batch_mixer(cfg.data.augment, self.info.num_classes)
 
         teacher = load_teacher(cfg, self.info)
-        self.distiller, self.pairs = build_distiller(cfg, self.info, teacher)
+        self.distiller = build_distiller(cfg, self.info, teacher)
         self.distiller.to(device)
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
@@ -173,6 +174,8 @@ class _Loop:
         return {
             "epoch": self.epoch,
             "model": self.distiller.student.state_dict(),
+            "red_layout": red_layout_of(self.distiller.student),
+            "data_info": dataclasses.asdict(self.info),
             "method": method.state_dict() if method is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -409,7 +412,7 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
             "run_dir": str(run_dir),
             "model": spec_of(loop.distiller.student, cfg.model.student),
             "method": cfg.distill.method,
-            "pairs": pairs_to_data(loop.pairs),
+            "pairs": pairs_to_data(loop.distiller.method),
             "data": info.name,
             "num_classes": info.num_classes,
             "input_shape": list(shape),
