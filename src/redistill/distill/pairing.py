@@ -453,3 +453,26 @@ def format_pairs(pairs: Sequence[Pair], shapes: Sequence[tuple[tuple, tuple]] | 
             line += f"  student {_chw(s[1:])}, teacher {_chw(t[1:])}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def layers_report(teacher: nn.Module, student: nn.Module, example_input, downsampling_only: bool = False) -> str:
+    """Both layer tables and the pairs ``pairs: auto`` would propose, as text.
+
+    Args:
+        teacher, student: the two models.
+        example_input: shape tuple such as (1, 3, 128, 128), or a tensor.
+        downsampling_only: list only the layers that change H x W.
+    Returns:
+        The report; when no pairing can be proposed it says why instead of the pairs.
+    """
+    parts = []
+    for title, model in (("teacher", teacher), ("student", student)):
+        parts += [f"{title} layers:", format_layer_table(layer_table(model, example_input), downsampling_only), ""]
+    try:
+        pairs = auto_pairs(student, teacher, example_input)
+    except UserError as err:
+        parts += ["proposed pairs (pairs: auto): none", f"  {err}"]
+    else:
+        shapes = validate_pairs(student, teacher, pairs, example_input)
+        parts += ["proposed pairs (pairs: auto):", format_pairs(pairs, shapes)]
+    return "\n".join(parts)
