@@ -18,6 +18,7 @@ from redistill.errors import UserError
 COMMANDS = [
     "redistill.cli.memory",
     "redistill.cli.layers",
+    "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export",
 ]
 
 
