@@ -46,10 +46,11 @@ def find_module(model: nn.Module, name: str, what: str = "model") -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         names = [n for n in modules if n]
-        raise UserError(
-            f"no layer '{name}' in the {what}{did_you_mean(name, names)}; "
-            "`redistill layers` lists the valid names"
-        )
+        hint = did_you_mean(name, names)
+        if not hint:  # nothing close: show where the names start
+            top = [n for n in names if "." not in n]
+            hint = f" (its top-level layers: {', '.join(top[:8])}{', ...' if len(top) > 8 else ''})"
+        raise UserError(f"no layer '{name}' in the {what}{hint}; `redistill layers` lists the valid names")
     return modules[name]
 
 

@@ -159,7 +159,7 @@ def insert_red(
     slot = "red_in" if side == "in" else "red_out"
     if getattr(wrapper, slot) is not None:
         raise UserError(f"layer '{layer}' already has a RED block on its {side} side; list each (layer, side) once")
-    block = REDBlock(channels, **options)
+    block = REDBlock(channels, **options).train(target.training)
     like = next(iter(target.parameters()), None)
     if like is None and example_input is not None:
         like = example_input
