@@ -162,6 +162,8 @@ def evaluate_path(
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val, got '{split}'")
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"no such run or export directory: {path}")
     if (path / "config.yaml").is_file():
         model, cfg, _ = load_run_model(path)
         data = cfg.data

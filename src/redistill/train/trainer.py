@@ -232,7 +232,7 @@ class _Loop:
                 loss = self.distiller.total_loss(terms)
             values = torch.stack([loss.detach().float()] + [t.detach().float() for t in terms.values()])
             if env.enabled:  # every process must learn of a divergence, or the others hang
-                finite = dd.all_sum(env, torch.isfinite(values).all().float().reshape(1)) == env.world_size
+                finite = dd.all_sum(env, torch.isfinite(values).all().float().reshape(1)).item() == env.world_size
             else:
                 finite = torch.isfinite(values).all()
             if not bool(finite):
@@ -261,7 +261,7 @@ class _Loop:
                 bar.set_postfix(loss=f"{values[0].item():.3f}", refresh=False)
 
         names = list(sums)
-        totals = dd.all_sum(env, torch.tensor([sums[k] for k in names] + [seen, correct], dtype=torch.float64))
+        totals = dd.all_sum(env, torch.tensor([sums[k] for k in names] + [seen, correct], dtype=torch.float64, device=self.device))
         seen_all = float(totals[-2])
         out = {f"train/{k}": float(v) / seen_all for k, v in zip(names, totals[:-2])}
         out["train/acc"] = 100.0 * float(totals[-1]) / seen_all

@@ -1,0 +1,156 @@
+"""Data sets, the fixed-seed validation split, augmentation and loaders."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from redistill.errors import UserError
+from redistill.train.config import load_config
+from redistill.train.data import FASHION_MNIST_ROOT, batch_mixer, build_datasets, set_epoch, train_loader
+
+
+def data_cfg(**data):
+    return load_config({"model": {"student": "x"}, "data": {"workers": 0, **data}}).data
+
+
+def _indices(subset) -> list[int]:
+    return list(subset.indices)
+
+
+def test_synthetic_split_is_disjoint_fixed_and_seeded():
+    cfg = data_cfg(name="synthetic", val_fraction=0.25, synthetic={"train_size": 100, "test_size": 20})
+    a, b = build_datasets(cfg), build_datasets(cfg)
+    assert len(a.train) == 75 and len(a.val) == 25 and len(a.test) == 20
+    assert not set(_indices(a.train)) & set(_indices(a.val))
+    assert _indices(a.val) == _indices(b.val)  # same seed, same split
+    other = build_datasets(data_cfg(name="synthetic", val_fraction=0.25, split_seed=1, synthetic={"train_size": 100}))
+    assert _indices(other.val) != _indices(a.val)
+    image, label = a.train[0]
+    assert image.shape == (1, 16, 16) and image.dtype == torch.float32 and isinstance(label, int)
+
+
+def test_subset_takes_from_the_training_part_only():
+    cfg = data_cfg(name="synthetic", subset=10, val_fraction=0.2, val_subset=5, test_subset=7)
+    s = build_datasets(cfg)
+    full = build_datasets(data_cfg(name="synthetic", val_fraction=0.2))
+    assert len(s.train) == 10 and len(s.val) == 5 and len(s.test) == 7
+    assert set(_indices(s.train)) <= set(_indices(full.train))
+    assert set(_indices(s.val)) <= set(_indices(full.val))
+
+
+def test_no_validation_split():
+    assert build_datasets(data_cfg(name="synthetic", val_fraction=0.0)).val is None
+
+
+def test_loader_order_depends_only_on_seed_and_epoch():
+    cfg = data_cfg(name="synthetic", batch_size=8, augment={"crop": "none", "flip": False})
+    ds = build_datasets(cfg).train
+
+    def first_targets(epoch):
+        loader = train_loader(ds, cfg, seed=3)
+        set_epoch(loader, 3, epoch)
+        return next(iter(loader))[1].tolist()
+
+    torch.manual_seed(0)
+    a = first_targets(0)
+    torch.manual_seed(99)  # global RNG state must not matter for the order
+    assert first_targets(0) == a
+    epochs = [first_targets(e) for e in range(1, 4)]
+    assert any(e != a for e in epochs)
+
+
+def test_augmentation_keeps_shape_and_resize():
+    cfg = data_cfg(name="synthetic", image_size=24, augment={"crop": "resized", "flip": True, "randaugment_ops": 2})
+    s = build_datasets(cfg)
+    assert s.info.image_size == 24
+    assert s.train[0][0].shape == (1, 24, 24) and s.test[0][0].shape == (1, 24, 24)
+
+
+def test_batch_mixer_gives_soft_targets():
+    cfg = data_cfg(name="synthetic", augment={"cutmix_alpha": 1.0, "mixup_alpha": 0.2})
+    mix = batch_mixer(cfg.augment, 4)
+    images, targets = mix(torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert images.shape == (6, 1, 8, 8) and targets.shape == (6, 4)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert batch_mixer(data_cfg().augment, 4) is None
+
+
+def _write_idx(path: Path, array: torch.Tensor, compress: bool) -> None:
+    dims = array.shape
+    magic = 0x0800 | len(dims)  # unsigned byte data
+    payload = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + array.numpy().tobytes()
+    if compress:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _fake_fashion(folder: Path, compress: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 30), ("t10k", 12)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
+        labels = (torch.arange(n) % 10).to(torch.uint8)
+        _write_idx(folder / f"{split}-images-idx3-ubyte", images, compress)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress)
+
+
+@pytest.mark.parametrize("layout", ["flat_gz", "torchvision_raw"])
+def test_fashion_mnist_layouts(tmp_path, layout):
+    if layout == "flat_gz":  # the Debian package's layout: idx .gz files side by side
+        _fake_fashion(tmp_path)
+    else:
+        _fake_fashion(tmp_path / "FashionMNIST" / "raw", compress=False)
+    s = build_datasets(data_cfg(root=str(tmp_path), val_fraction=0.2))
+    assert (len(s.train), len(s.val), len(s.test)) == (24, 6, 12)
+    assert s.info.num_classes == 10 and s.info.in_channels == 1 and s.info.image_size == 28
+    assert not list(tmp_path.glob("FashionMNIST/raw/*.tmp"))
+
+
+def test_missing_dataset_names_path_and_fix(tmp_path):
+    with pytest.raises(UserError, match=str(tmp_path / "nope")):
+        build_datasets(data_cfg(root=str(tmp_path / "nope")))
+    with pytest.raises(UserError, match="expected train-images-idx3-ubyte.gz"):
+        build_datasets(data_cfg(root=str(tmp_path)))
+    with pytest.raises(UserError, match="data.root is required"):
+        build_datasets(data_cfg(name="cifar10"))
+    with pytest.raises(UserError, match="CIFAR-10 not found"):
+        build_datasets(data_cfg(name="cifar10", root=str(tmp_path)))
+
+
+def test_default_fashion_mnist_hint_mentions_apt(monkeypatch, tmp_path):
+    import redistill.train.data as data
+
+    monkeypatch.setattr(data, "FASHION_MNIST_ROOT", str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="apt-get install -y dataset-fashion-mnist"):
+        build_datasets(data_cfg())
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(), reason="Fashion-MNIST is not installed")
+def test_real_fashion_mnist():
+    s = build_datasets(data_cfg(subset=100, val_subset=50, test_subset=20))
+    assert (len(s.train), len(s.val), len(s.test)) == (100, 50, 20)
+    image, label = s.train[0]
+    assert image.shape == (1, 28, 28) and 0 <= label < 10
+
+
+def test_image_folder(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (20, 30, 3), dtype=torch.uint8, generator=gen).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    s = build_datasets(data_cfg(name="imagefolder", root=str(tmp_path), image_size=16, val_fraction=0.25))
+    assert s.info.num_classes == 2 and s.info.in_channels == 3
+    assert (len(s.train), len(s.val), len(s.test)) == (6, 2, 4)
+    assert s.train[0][0].shape == (3, 16, 16) and s.test[0][0].shape == (3, 16, 16)
+    with pytest.raises(UserError, match="train/ and val/"):
+        build_datasets(data_cfg(name="imagefolder", root=str(tmp_path / "train")))
