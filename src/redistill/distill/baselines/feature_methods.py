@@ -32,14 +32,17 @@ from redistill.errors import UserError
 class FitNetMethod(InitStageMixin, LayerPairMethod):
     """FitNet hints: a regressor maps one student stage onto the teacher's (MSE).
 
-    Default hint: the middle stage (RepDistiller's ``hint_layer=2`` on ResNets).
+    Default hint: the middle stage (RepDistiller's ``hint_layer=2`` on ResNets). By
+    default the hint is trained jointly with the cross-entropy from the start, as in
+    RepDistiller; ``hint_steps`` / ``hint_epochs`` add FitNets' first stage, in which the
+    student up to the guided layer and the regressor learn the hint before the main stage.
 
     Args:
         student_layers / teacher_layers: one ref each (the guided and the hint layer).
         weight: weight of the ``fitnet/<layer>`` term (authors: 100).
-        hint_epochs: epochs of FitNets' first stage (the student up to the guided layer
-            and the regressor trained on the hint alone); 0 trains hint + CE jointly
-            from the start, as RepDistiller does.
+        hint_steps: inline hint stage: the first N training steps (the hint term weighs
+            the same in both stages, so inline this only matters for a trainer's logs).
+        hint_epochs: the hint stage as a separate pre-stage (trainers that run them).
         task_weight: weight of the cross-entropy.
     """
 
@@ -48,11 +51,13 @@ class FitNetMethod(InitStageMixin, LayerPairMethod):
         student_layers: Sequence[str] | None = None,
         teacher_layers: Sequence[str] | None = None,
         weight: float = 100.0,
+        hint_steps: int = 0,
         hint_epochs: int = 0,
         task_weight: float = 1.0,
     ) -> None:
         super().__init__(student_layers, teacher_layers, weight, task_weight)
-        self.init_epochs = int(hint_epochs)
+        self.init_steps, self.init_epochs = int(hint_steps), int(hint_epochs)
+        self.counter = StepCounter()
         self.regressors = nn.ModuleList()
 
     def select_layers(self, student, teacher):
@@ -71,7 +76,7 @@ class FitNetMethod(InitStageMixin, LayerPairMethod):
         self.init_stage_setup(student, reached_parameters(student, self.layers_s, example_input))
         return student
 
-    def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
+    def main_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         out = {}
         for i, (f_s, f_t) in enumerate(self.pairs(feats_s, feats_t)):
             pred = self.regressors[i](f_s)
@@ -79,11 +84,10 @@ class FitNetMethod(InitStageMixin, LayerPairMethod):
                 out[self.term_key(i)] = L.hint_loss(pred.float(), f_t.float())
         return out
 
+    init_loss = main_loss
+
     def init_modules(self) -> list[nn.Module]:
         return [self.regressors]
-
-    def init_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
-        return self.forward(feats_s, feats_t, logits_s, logits_t, targets)
 
     def init_weights(self) -> dict[str, float]:
         return {name: self.weight for name in self.term_names()}
@@ -158,15 +162,17 @@ class ABMethod(InitStageMixin, LayerPairMethod):
 
     Args:
         margin: the boundary margin.
-        init_epochs: epochs of the init stage (RepDistiller: 30).
+        init_steps: inline init stage length in training steps (see :class:`InitStageMixin`).
+        init_epochs: epochs of a separate pre-stage instead (RepDistiller: 30).
         weight: overall weight of the init-stage terms (authors: 1).
     """
 
     def __init__(self, student_layers=None, teacher_layers=None, weight: float = 1.0, margin: float = 1.0,
-                 init_epochs: int = 30, task_weight: float = 1.0) -> None:
+                 init_steps: int = 1000, init_epochs: int = 0, task_weight: float = 1.0) -> None:
         super().__init__(student_layers, teacher_layers, weight, task_weight)
         self.margin = float(margin)
-        self.init_epochs = int(init_epochs)
+        self.init_steps, self.init_epochs = int(init_steps), int(init_epochs)
+        self.counter = StepCounter()
         self.connectors = nn.ModuleList()
 
     def build(self, shapes_s, shapes_t) -> None:
@@ -175,15 +181,10 @@ class ABMethod(InitStageMixin, LayerPairMethod):
         )
 
     def setup(self, student, teacher, example_input):
+        self.require_init_stage()
         student = super().setup(student, teacher, example_input)
         self.init_stage_setup(student, reached_parameters(student, self.layers_s, example_input))
         return student
-
-    def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
-        return {}
-
-    def term_names(self) -> list[str]:
-        return []
 
     def init_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         out = {}
@@ -211,13 +212,15 @@ class FSPMethod(InitStageMixin, LayerPairMethod):
 
     Args:
         weight: weight of each FSP term in the init stage (authors: 50).
-        init_epochs: epochs of the init stage (RepDistiller: 30).
+        init_steps: inline init stage length in training steps (see :class:`InitStageMixin`).
+        init_epochs: epochs of a separate pre-stage instead (RepDistiller: 30).
     """
 
-    def __init__(self, student_layers=None, teacher_layers=None, weight: float = 50.0, init_epochs: int = 30,
-                 task_weight: float = 1.0) -> None:
+    def __init__(self, student_layers=None, teacher_layers=None, weight: float = 50.0, init_steps: int = 1000,
+                 init_epochs: int = 0, task_weight: float = 1.0) -> None:
         super().__init__(student_layers, teacher_layers, weight, task_weight)
-        self.init_epochs = int(init_epochs)
+        self.init_steps, self.init_epochs = int(init_steps), int(init_epochs)
+        self.counter = StepCounter()
 
     def select_layers(self, student, teacher):
         s = self._layers_s if self._layers_s is not None else stage_refs(student, skip_stem=False)
@@ -235,18 +238,16 @@ class FSPMethod(InitStageMixin, LayerPairMethod):
             raise UserError("fsp needs at least two layers per model (it compares consecutive layers)")
 
     def setup(self, student, teacher, example_input):
+        self.require_init_stage()
         student = super().setup(student, teacher, example_input)
         self.init_stage_setup(student, reached_parameters(student, self.layers_s, example_input))
         return student
 
     def term_names(self) -> list[str]:
-        return []
+        return self.init_term_names()
 
     def init_term_names(self) -> list[str]:
         return [f"fsp/{a}->{b}" for a, b in L.consecutive_pairs(self.layers_s)]
-
-    def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
-        return {}
 
     def init_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         with fp32(logits_s):
@@ -273,14 +274,17 @@ class FTMethod(InitStageMixin, LayerPairMethod):
     Args:
         weight: weight of the ``ft`` term (authors: 200).
         rate: factor channels / teacher channels (0.5).
-        init_epochs: epochs of the paraphraser stage (RepDistiller: 30).
+        init_steps: inline paraphraser stage length in training steps (the student trains
+            on the cross-entropy meanwhile).
+        init_epochs: epochs of a separate paraphraser pre-stage instead (RepDistiller: 30).
     """
 
     def __init__(self, student_layers=None, teacher_layers=None, weight: float = 200.0, rate: float = 0.5,
-                 init_epochs: int = 30, task_weight: float = 1.0) -> None:
+                 init_steps: int = 1000, init_epochs: int = 0, task_weight: float = 1.0) -> None:
         super().__init__(student_layers, teacher_layers, weight, task_weight)
         self.rate = float(rate)
-        self.init_epochs = int(init_epochs)
+        self.init_steps, self.init_epochs = int(init_steps), int(init_epochs)
+        self.counter = StepCounter()
         self.paraphraser: nn.Module | None = None
         self.translator: nn.Module | None = None
 
@@ -288,14 +292,20 @@ class FTMethod(InitStageMixin, LayerPairMethod):
         s, t = pair_layers(student, teacher, self._layers_s, self._layers_t)
         return s[-1:], t[-1:]
 
+    def setup(self, student, teacher, example_input):
+        self.require_init_stage()
+        student = super().setup(student, teacher, example_input)
+        self.init_stage_setup(student, [])  # the paraphraser alone learns in the init stage
+        return student
+
     def build(self, shapes_s, shapes_t) -> None:
         self.paraphraser = L.Paraphraser(shapes_t[0][1], self.rate)
         self.translator = L.Translator(shapes_s[0][1], shapes_t[0][1], self.rate)
 
     def term_names(self) -> list[str]:
-        return ["ft"]
+        return ["ft", "ft/reconstruction"]
 
-    def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
+    def main_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         (f_s, f_t), = self.pairs(feats_s, feats_t)
         with torch.no_grad():
             factor_t = self.paraphraser.encoder(f_t)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from redistill.distill.base import DistillMethod, PreStage
 from redistill.distill.baselines.common import feature_shapes, pair_layers
 from redistill.distill.hooks import capture
+from redistill.errors import UserError
 
 
 @contextlib.contextmanager
@@ -134,14 +135,25 @@ class LayerPairMethod(DistillMethod):
 
 
 class InitStageMixin:
-    """Adds one initialisation :class:`PreStage` (AB, FSP, FitNet hints, FT paraphraser).
+    """Adds an initialisation stage (AB, FSP, FitNet hints, FT paraphraser).
+
+    Two ways to run it, chosen by the method's options:
+
+    * ``init_steps > 0`` (inline): the first ``init_steps`` training steps of the normal
+      run optimise the init terms (next to the cross-entropy), then the main terms take
+      over. Works with any trainer and keeps the total training budget of every method
+      equal.
+    * ``init_epochs > 0``: :meth:`pre_stages` returns a :class:`PreStage` for trainers
+      that run separate stages before the main one (init terms alone, only the init
+      parameters trained, as in the papers).
 
     Subclasses call :meth:`init_stage_setup` in ``setup`` with the names of the student
-    parameters the stage trains, and implement ``init_loss`` (same arguments as
-    ``forward``) and ``init_weights``.
+    parameters the stage trains, and implement ``main_loss`` / ``init_loss`` (same
+    arguments as ``forward``), ``init_modules`` and ``init_weights``.
     """
 
     init_epochs: int = 0
+    init_steps: int = 0
     _init_student_params: Callable[[], list[nn.Parameter]] | None = None
 
     def init_stage_setup(self, student: nn.Module, param_names: Sequence[str]) -> None:
@@ -151,6 +163,34 @@ class InitStageMixin:
             return [p for n, p in student.named_parameters() if n in names]
 
         self._init_student_params = params
+
+    def require_init_stage(self) -> None:
+        """Refuse a configuration in which the method would teach nothing."""
+        if self.init_steps <= 0 and self.init_epochs <= 0:
+            raise UserError(
+                f"'{self.name}' transfers knowledge in its initialisation stage; set the option "
+                "init_steps (inline, first N training steps) or init_epochs (a separate pre-stage)"
+            )
+
+    def in_init_phase(self) -> bool:
+        """True during the inline init steps (the step counter has already ticked)."""
+        return self.counter.steps <= self.init_steps and self.init_steps > 0
+
+    def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
+        self.counter.tick()
+        if self.in_init_phase():
+            return self.init_loss(feats_s, feats_t, logits_s, logits_t, targets)
+        return self.main_loss(feats_s, feats_t, logits_s, logits_t, targets)
+
+    def main_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
+        """Terms of the main stage (none for AB and FSP: their transfer is the init)."""
+        return {}
+
+    def term_weight(self, term_name: str) -> float:
+        init = self.init_weights()
+        if term_name in init:
+            return init[term_name]
+        return float(self.weight)
 
     def init_modules(self) -> list[nn.Module]:
         """Method submodules trained in the init stage."""
