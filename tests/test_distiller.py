@@ -1,0 +1,167 @@
+"""Distiller: frozen teacher, terms by name, the one weighted total, registry, deploy."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from redistill.distill import Distiller, DistillMethod, REDMethod, create_method, list_methods, register_method
+from redistill.distill.base import _METHODS
+from redistill.distill.red import REDWrapped, red_loss
+from redistill.errors import UserError
+
+
+def tiny(stem: int, num_classes: int = 3) -> nn.Sequential:
+    """conv(stem stride) - BN - ReLU - conv(stride 2) - BN - ReLU - pool - fc; dropout to catch eval mode."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stem, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, num_classes),
+    )  # fmt: skip
+
+
+def _batch(n: int = 4):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _red_distiller(**method_opts) -> Distiller:
+    torch.manual_seed(0)
+    teacher, student = tiny(1), tiny(2)  # teacher 16 -> 16 -> 8; student 16 -> 8 -> 4
+    pairs = [{"student": "0", "teacher": "3", "alpha": 50.0}, {"student": "3", "teacher": "5", "side": "in", "alpha": 10.0}]
+    method = REDMethod(pairs=pairs, **method_opts)
+    images, _ = _batch()
+    return Distiller(student, teacher, method, example_input=images)
+
+
+def test_teacher_is_frozen_and_always_eval():
+    d = _red_distiller()
+    d.train()
+    assert not d.teacher.training and d.student.training
+    assert all(not p.requires_grad for p in d.teacher.parameters())
+    d.eval()
+    d.train(True)
+    assert not d.teacher.training
+
+
+def test_training_step_moves_student_not_teacher():
+    d = _red_distiller().train()
+    teacher_state = copy.deepcopy(d.teacher.state_dict())
+    student_bn = d.student[1].running_mean.clone()
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.1)
+    images, targets = _batch()
+    logits, terms = d(images, targets)
+    d.total_loss(terms).backward()
+    opt.step()
+    assert all(p.grad is None for p in d.teacher.parameters())
+    for key, value in d.teacher.state_dict().items():  # weights and BN running stats
+        assert torch.equal(value, teacher_state[key]), key
+    assert not torch.equal(d.student[1].running_mean, student_bn)  # the check itself can fail
+    red = d.student[0].red_out
+    assert red.gate[0].weight.grad is not None and red.gate[0].weight.grad.abs().sum() > 0
+
+
+def test_terms_by_name_and_total_equals_the_formula():
+    d = _red_distiller(w_task=0.5, w_distill=0.5).train()
+    images, targets = _batch()
+    logits, terms = d(images, targets)
+    assert logits.shape == (4, 3)
+    assert set(terms) == {"ce", "red/0", "red/3:in"}
+    # recompute each term independently of the method
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, targets).item())
+    with torch.no_grad():
+        t_out3 = d.teacher[:4](images)  # output of teacher layer "3": 8 x 8
+        t_in5 = d.teacher[:5](images)  # input of teacher layer "5": 8 x 8
+    s0 = d.student[0](images)  # the wrapped conv with its RED block: 8 x 8
+    s_in3 = d.student[3].red_in(d.student[2](d.student[1](s0)))  # what student layer "3" receives
+    assert terms["red/0"].item() == pytest.approx(red_loss(s0, t_out3).item(), rel=1e-5)
+    assert terms["red/3:in"].item() == pytest.approx(red_loss(s_in3, t_in5).item(), rel=1e-5)
+    # 0.5 * CE + 0.5 * mean_k(alpha_k * L_k), K = 2
+    expected = 0.5 * terms["ce"].item() + 0.5 * (50.0 * terms["red/0"].item() + 10.0 * terms["red/3:in"].item()) / 2
+    assert d.total_loss(terms).item() == pytest.approx(expected, rel=1e-6)
+    assert d.weights() == {"ce": 0.5, "red/0": 12.5, "red/3:in": 2.5}
+
+
+def test_vanilla_training_has_only_ce():
+    torch.manual_seed(0)
+    d = Distiller(tiny(2), label_smoothing=0.1).train()
+    images, targets = _batch()
+    logits, terms = d(images, targets)
+    assert list(terms) == ["ce"]
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item())
+    assert d.total_loss(terms).item() == pytest.approx(terms["ce"].item())
+    assert d.deployed_student() is d.student
+
+
+def test_soft_targets_are_accepted():  # CutMix/MixUp give probabilities
+    d = Distiller(tiny(2)).train()
+    images, _ = _batch()
+    soft = torch.softmax(torch.randn(4, 3), dim=1)
+    logits, terms = d(images, soft)
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, soft).item())
+
+
+def test_deployed_student_keeps_red_blocks():
+    d = _red_distiller().eval()
+    deployed = d.deployed_student()
+    assert isinstance(deployed[0], REDWrapped) and isinstance(deployed[3], REDWrapped)
+    assert any(k.startswith("0.red_out.") for k in deployed.state_dict())
+    images, _ = _batch()
+    assert torch.equal(deployed(images), d.student(images))
+
+
+class Regressor(DistillMethod):
+    """A FitNet-like method whose regressor is training-only: it lives in the method."""
+
+    weight = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.regressor = nn.Conv2d(8, 8, 1)
+
+    def student_refs(self):
+        return ["3"]
+
+    def teacher_refs(self):
+        return ["3"]
+
+    def forward(self, feats_s, feats_t, logits_s, logits_t, targets):
+        t = F.adaptive_avg_pool2d(feats_t["3"], feats_s["3"].shape[-2:])
+        return {"hint": F.mse_loss(self.regressor(feats_s["3"]), t)}
+
+
+def test_method_modules_train_but_do_not_ship():
+    torch.manual_seed(0)
+    d = Distiller(tiny(2), tiny(1), Regressor()).train()
+    trainable = {id(p) for p in d.trainable_parameters()}
+    assert id(d.method.regressor.weight) in trainable
+    assert all(id(p) not in trainable for p in d.teacher.parameters())
+    images, targets = _batch()
+    _, terms = d(images, targets)
+    assert d.total_loss(terms).item() == pytest.approx(terms["ce"].item() + 3.0 * terms["hint"].item(), rel=1e-6)
+    assert not any("regressor" in k for k in d.deployed_student().state_dict())
+
+
+def test_method_without_teacher_is_a_user_error():
+    with pytest.raises(UserError, match="needs a teacher"):
+        Distiller(tiny(2), None, Regressor())
+
+
+def test_registry():
+    assert "red" in list_methods()
+    with pytest.raises(UserError, match="unknown distillation method 'rd'.*did you mean.*red.*known methods: .*red"):
+        create_method("rd")
+
+    @register_method("_test_regressor")
+    class Registered(Regressor):
+        pass
+
+    try:
+        assert isinstance(create_method("_test_regressor"), Registered)
+        assert Registered.name == "_test_regressor"
+        with pytest.raises(ValueError, match="already registered"):
+            register_method("_test_regressor")(Regressor)
+    finally:
+        _METHODS.pop("_test_regressor")
