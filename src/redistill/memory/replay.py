@@ -12,6 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from typing import Any
 
 import torch
@@ -82,10 +86,6 @@ def _scaled(t: torch.Tensor, counter: _LiveCounter) -> int:
     return scaled_bytes(t.numel() * t.element_size(), t.element_size(), floating, counter.elem_size)
 
 
-def _param_keys(trace: Trace) -> set[int]:
-    return {t.untyped_storage()._cdata for t in trace.constants.values()}
-
-
 def replay(trace: Trace, plan: Plan, inputs: tuple[torch.Tensor, ...], elem_size: int,
            device: torch.device | None = None, count: bool = True) -> list[int]:
     """Execute the trace under ``plan``'s semantics; live bytes measured at each op boundary.
@@ -130,8 +130,7 @@ def replay(trace: Trace, plan: Plan, inputs: tuple[torch.Tensor, ...], elem_size
             elif mode == "alias1":
                 result = args[1].add_(args[0])
             elif op.index in plan.dw_inplace:
-                x, w, b, stride, padding, dilation = args[:6]
-                result = _depthwise_into_input(x, w, b, stride, padding, dilation, counter, scratch)
+                result = _depthwise_into_input(*args[:6], counter, scratch)
             else:
                 result = op.func(*args, **kwargs)
             flat_res, _ = tree_flatten(result)
@@ -183,15 +182,35 @@ def allocator_peak_cpu(trace: Trace, plan: Plan, inputs: tuple[torch.Tensor, ...
     """Peak bytes the CPU allocator held during a replay (fp32, as executed)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         replay(trace, plan, inputs, elem_size=4, count=False)
-    events = [(e.time_range.start, e.cpu_memory_usage) for e in prof.events()
-              if e.cpu_memory_usage != 0 and e.name == "[memory]"]
+    # Raw allocator records (+bytes on allocation, -bytes on free), in time order.
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
     peak = running = 0
     for _, delta in sorted(events, key=lambda x: x[0]):
         running += delta
         peak = max(peak, running)
     return peak
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence the profiler's native start/stop chatter on file descriptor 2."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced (e.g. captured by pytest)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 def cuda_peak(trace: Trace, plan: Plan, inputs: tuple[torch.Tensor, ...]) -> int | None:
