@@ -1,0 +1,202 @@
+"""The training loop on tiny synthetic runs: outputs, distillation, divergence, exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from redistill.errors import UserError
+from redistill.train import load_config, run_training
+from redistill.train.checkpoint import load_checkpoint
+from redistill.train.config import ScheduleConfig
+from redistill.train.optim import lr_factor
+
+TINY = {
+    "model": {"student": "cifar_resnet8", "options": {"width": 4}},
+    "data": {"name": "synthetic", "workers": 0, "batch_size": 16, "synthetic": {"train_size": 96, "test_size": 32}},
+    "optim": {"lr": 0.05},
+    "run": {"epochs": 2, "progress": False, "seed": 0},
+}
+
+
+def tiny(*overrides: str):
+    return load_config(TINY, list(overrides))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny convolutions run fastest single-threaded, and much faster when other test processes
+    # share the CPU cores; the SIGKILL child below gets the same setting so results compare exactly.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "teacher"
+    summary = run_training(tiny(), run_dir)
+    return run_dir, summary
+
+
+def test_vanilla_run_writes_everything(teacher_run):
+    run_dir, summary = teacher_run
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").iterdir()), "no TensorBoard events"
+    assert load_config(run_dir / "config.yaml") == tiny()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train/loss", "train/ce", "train/acc", "val/acc", "val/loss", "lr"} <= set(records[0])
+    assert records[0]["weights"] == {"ce": 1.0}
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert summary["val_acc"] == max(r["val/acc"] for r in records)
+    assert 0 <= summary["test_acc"] <= 100
+    assert summary["params"] > 0 and summary["flops"] > 0
+    assert summary["peak_bytes_live"] > 0 and summary["peak_bytes_layer"] > 0
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2
+
+
+def test_existing_run_dir_is_never_overwritten_silently(teacher_run, tmp_path):
+    run_dir, _ = teacher_run
+    before = (run_dir / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="--resume.*--overwrite"):
+        run_training(tiny(), run_dir)
+    assert (run_dir / "last.pt").read_bytes() == before
+    stranger = tmp_path / "notarun"
+    stranger.mkdir()
+    (stranger / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a redistill run directory"):
+        run_training(tiny(), stranger, overwrite=True)
+    assert (stranger / "precious.txt").is_file()
+
+
+def test_resume_refuses_a_different_config(teacher_run):
+    run_dir, _ = teacher_run
+    with pytest.raises(UserError, match="optim.lr"):
+        run_training(tiny("optim.lr=0.5"), run_dir, resume=True)
+
+
+def test_red_distillation_logs_every_term_and_shrinks_peak(teacher_run, tmp_path):
+    teacher_dir, teacher_summary = teacher_run
+    cfg = tiny(
+        "model.student=cifar_resnet8:strides=4,1,1,1",
+        f"model.teacher_checkpoint={teacher_dir}",
+        "distill.method=red",
+        "distill.pairs=auto",
+        "distill.options={alpha: 10}",
+        "run.epochs=1",
+    )
+    summary = run_training(cfg, tmp_path / "red")
+    record = json.loads((tmp_path / "red" / "metrics.jsonl").read_text().splitlines()[0])
+    red_terms = [k for k in record if k.startswith("train/red/")]
+    assert red_terms, record
+    assert record["weights"]["ce"] == 0.5
+    expected = 0.5 * record["train/ce"] + sum(record["weights"][k[6:]] * record[k] for k in red_terms)
+    assert record["train/loss"] == pytest.approx(expected, rel=1e-4)
+    assert summary["method"] == "red" and summary["pairs"][0]["student"] == "conv1"
+    assert summary["peak_bytes_live"] < teacher_summary["peak_bytes_live"]
+    layout = load_checkpoint(tmp_path / "red" / "best.pt")["red_layout"]
+    assert [(e["layer"], e["side"]) for e in layout] == [(p["student"], p["side"]) for p in summary["pairs"]]
+
+
+def test_distillation_without_teacher_checkpoint_is_refused(tmp_path):
+    cfg = tiny("model.teacher=cifar_resnet8", "distill.method=red")
+    with pytest.raises(UserError, match="teacher_checkpoint"):
+        run_training(cfg, tmp_path / "r")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from redistill.distill.distiller import Distiller
+
+    calls = {"n": 0}
+    original = Distiller.total_loss
+
+    def poisoned(self, terms):  # the 8th step (second epoch) blows up
+        calls["n"] += 1
+        loss = original(self, terms)
+        return loss * float("nan") if calls["n"] >= 8 else loss
+
+    monkeypatch.setattr(Distiller, "total_loss", poisoned)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(UserError, match=r"not finite at epoch 2.*last good checkpoint"):
+        run_training(tiny("run.epochs=3"), run_dir)
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_lr_schedules():
+    warm = ScheduleConfig(name="cosine", warmup_epochs=1.0)
+    assert lr_factor(warm, 0, 10, 5, 0.1) == pytest.approx(0.1)
+    assert lr_factor(warm, 9, 10, 5, 0.1) == pytest.approx(1.0)
+    assert lr_factor(warm, 10, 10, 5, 0.1) == pytest.approx(1.0)
+    assert lr_factor(warm, 30, 10, 5, 0.1) == pytest.approx(0.5)
+    assert lr_factor(warm, 50, 10, 5, 0.1) == pytest.approx(0.0, abs=1e-12)
+    floor = ScheduleConfig(name="cosine", min_lr=0.01)
+    assert lr_factor(floor, 50, 10, 5, 0.1) == pytest.approx(0.1)
+    steps = ScheduleConfig(name="multistep", milestones=[2, 4], gamma=0.2)
+    assert [lr_factor(steps, s * 10, 10, 5, 0.1) for s in range(5)] == pytest.approx([1, 1, 0.2, 0.2, 0.04])
+
+
+# The child slows down (without changing any computation) once its first checkpoint exists, so
+# the SIGKILL reliably lands in the middle of epoch 2 however loaded the machine is.
+_CHILD = """
+import sys, time
+from pathlib import Path
+from redistill.distill.distiller import Distiller
+from redistill.train import load_config, run_training
+
+original = Distiller.total_loss
+
+def slowed(self, terms):
+    if (Path(sys.argv[2]) / "last.pt").exists():
+        time.sleep(0.2)
+    return original(self, terms)
+
+Distiller.total_loss = slowed
+run_training(load_config(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_sigkill_then_resume_ends_with_identical_weights(tmp_path):
+    overrides = ["run.epochs=4", "run.deterministic=true", "data.augment.cutmix_alpha=0.5",
+                 "model.options={width: 4, dropout: 0.2}"]
+    cfg = tiny(*overrides)
+    # One uninterrupted run.
+    run_training(cfg, tmp_path / "whole")
+    # The same run in a child process, killed with SIGKILL as soon as its first checkpoint lands.
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(cfg_file), str(killed_dir)], env=env)
+    try:
+        deadline = time.time() + 120
+        while not (killed_dir / "last.pt").exists() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert (killed_dir / "last.pt").exists()
+    assert not (killed_dir / "summary.json").exists(), "the child finished before it was killed"
+    assert load_checkpoint(killed_dir / "last.pt")["epoch"] == 1
+    summary = run_training(load_config(cfg_file), killed_dir, resume=True)
+    whole = load_checkpoint(tmp_path / "whole" / "last.pt")
+    resumed = load_checkpoint(killed_dir / "last.pt")
+    assert resumed["epoch"] == whole["epoch"] == 4
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert len((killed_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    assert summary["test_acc"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["test_acc"]
+    assert yaml.safe_load((killed_dir / "config.yaml").read_text()) == cfg.to_dict()
