@@ -123,7 +123,9 @@ def load_exported(path: Union[str, Path]) -> nn.Module:
     shape = spec["input_shape"]
     mc = spec["model_config"]
     info = DataInfo("export", mc["num_classes"], mc["in_channels"], shape[-1], (), ())
-    mcfg = ModelConfig(num_classes=mc["num_classes"], in_channels=mc["in_channels"], options=mc.get("options") or {})
+    # A full registry spec (a mapping) already holds every option; options only complete string specs.
+    options = {} if isinstance(spec["model"], dict) else (mc.get("options") or {})
+    mcfg = ModelConfig(num_classes=mc["num_classes"], in_channels=mc["in_channels"], options=options)
     model = build_model(spec["model"], mcfg, info)
     if spec["red_layout"]:
         from redistill.distill.red import apply_red_layout

@@ -1,0 +1,115 @@
+"""Export of the deployed student, load_exported, eval of runs and exports, and their CLI."""
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from redistill.errors import UserError
+from redistill.train import load_config, run_training
+from redistill.train.export import evaluate_path, export_run, load_exported, load_run_model
+
+TINY = {
+    "model": {"student": "cifar_resnet8", "options": {"width": 4}},
+    "data": {"name": "synthetic", "workers": 0, "batch_size": 16, "synthetic": {"train_size": 96, "test_size": 32}},
+    "optim": {"lr": 0.05},
+    "run": {"epochs": 1, "progress": False},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def red_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    run_training(load_config(TINY), root / "teacher")
+    cfg = load_config(
+        TINY,
+        [
+            "model.student=cifar_resnet8:strides=4,1,1,1",
+            f"model.teacher_checkpoint={root / 'teacher'}",
+            "distill.method=red",
+            "distill.pairs=[{student: conv1, teacher: layer3.0, side: out, red: {encoder_kernel: 1}}]",
+        ],
+    )
+    summary = run_training(cfg, root / "red")
+    return root, summary
+
+
+def test_export_holds_the_deployed_student_only(red_run, tmp_path):
+    root, summary = red_run
+    out = export_run(root / "red", tmp_path / "exp")
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "spec.yaml"]
+    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    assert spec["red_layout"][0]["layer"] == "conv1" and spec["red_layout"][0]["encoder_kernel"] == 1
+    deployed, _, _ = load_run_model(root / "red")
+    weights = load_file(str(out / "model.safetensors"))
+    assert set(weights) == set(deployed.state_dict())  # no teacher, no training-only modules
+    assert any(".red_out." in k for k in weights)
+
+    model = load_exported(out)
+    assert "REDBlock" in str(model)
+    assert model.input_shape == tuple(summary["input_shape"])
+    x = torch.randn(3, *summary["input_shape"][1:])
+    with torch.no_grad():
+        assert torch.equal(model(x), deployed(x))
+    assert load_exported(out / "spec.yaml") is not None
+
+    from redistill.memory import analyze_memory
+
+    assert analyze_memory(model, model.input_shape).peak_bytes == summary["peak_bytes_live"]
+
+
+def test_eval_of_run_and_export_agree_with_summary(red_run, tmp_path):
+    root, summary = red_run
+    out = export_run(root / "red", tmp_path / "exp")
+    by_run, by_export = evaluate_path(root / "red"), evaluate_path(out)
+    assert by_run["acc"] == by_export["acc"] == summary["test_acc"]
+    assert by_run["count"] == 32
+    assert evaluate_path(out, split="val")["acc"] == summary["val_acc"]
+
+
+def test_bad_exports_name_the_problem(red_run, tmp_path):
+    root, _ = red_run
+    out = export_run(root / "red", tmp_path / "exp")
+    with pytest.raises(UserError, match="not empty"):
+        export_run(root / "red", out)
+    with pytest.raises(UserError, match="not an export directory"):
+        load_exported(tmp_path)
+    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    spec["model"]["width"] = 8  # another architecture than the weights
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    with pytest.raises(UserError, match=r"shape mismatch.*conv1"):
+        load_exported(bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="model.safetensors is corrupt"):
+        load_exported(bad)
+
+
+def test_cli_train_eval_export(red_run, tmp_path, monkeypatch, capsys):
+    import redistill.cli.main as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", ["redistill.cli.train", "redistill.cli.eval", "redistill.cli.export"])
+    root, summary = red_run
+    assert cli.main(["export", str(root / "red"), "--out", str(tmp_path / "e")]) == 0
+    assert cli.main(["eval", str(tmp_path / "e"), "--split", "test"]) == 0
+    assert f"{summary['test_acc']:.2f}%" in capsys.readouterr().out
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert cli.main(["train", str(cfg), "optim.lr=0.01", "--out", str(tmp_path / "run")]) == 0
+    assert "test acc" in capsys.readouterr().out
+    assert load_config(tmp_path / "run" / "config.yaml").optim.lr == 0.01
+    assert cli.main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert cli.main(["train", str(cfg), "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "did you mean optim.lr" in err
+    assert cli.main(["eval", str(tmp_path / "missing")]) == 2
