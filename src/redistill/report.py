@@ -188,6 +188,7 @@ def plot_accuracy_vs_memory(rows: Sequence[ResultRow], path: str | Path, title: 
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,10 +201,17 @@ def plot_accuracy_vs_memory(rows: Sequence[ResultRow], path: str | Path, title: 
         ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=4, color=f"C{i}", label=f"{r.name} ({r.model})")
         ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.set_xscale("log")
+    xs = [r.peak_live / KIB for r in rows if r.acc is not None and r.peak_live is not None]
+    if xs:  # room around the points, so labels at the extremes stay inside the axes
+        ax.set_xlim(min(xs) / 1.4, max(xs) * 1.6)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 3.0, 5.0)))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.margins(y=0.15)
     ax.set_xlabel("peak activation memory per image, live convention (KiB, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "accuracy vs peak memory")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

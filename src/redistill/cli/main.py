@@ -19,6 +19,7 @@ COMMANDS = [
     "redistill.cli.memory",
     "redistill.cli.layers",
     "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export",
+    "redistill.cli.demo",
 ]
 
 

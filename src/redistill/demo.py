@@ -1,0 +1,373 @@
+"""The main job: teacher, vanilla x4 student and RED x4 student on Fashion-MNIST.
+
+``run_demo`` trains the three runs described by the quickstart configs
+(``configs/demo/``) on a reduced schedule, reuses runs that already finished, then
+measures peak memory of the deployed models and writes a Markdown report with two
+plots (per-layer footprint of teacher vs students; accuracy vs peak memory).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redistill import report
+from redistill.errors import UserError
+
+# (run name, config file in the config directory, what the run is)
+STAGES = (
+    ("teacher", "teacher.yaml", "teacher"),
+    ("vanilla", "student_vanilla.yaml", "x4 student, no distillation"),
+    ("red", "student_red.yaml", "x4 student, RED distillation (pairs: auto)"),
+)
+SUMMARY = "summary.json"
+
+
+def default_config_dir() -> Path:
+    """``configs/demo`` of the source checkout this package is installed from."""
+    return Path(__file__).resolve().parents[2] / "configs" / "demo"
+
+
+@dataclass
+class DemoOptions:
+    """Settings of one demo call.
+
+    Attributes:
+        out: directory holding the three run directories and the report.
+        config_dir: directory with teacher.yaml, student_vanilla.yaml, student_red.yaml.
+        overrides: dotted ``key=value`` overrides applied to all three configs
+            (e.g. ``data.subset=2000``, ``run.epochs=1``, ``run.device=cuda``).
+        overwrite: retrain every run even when a finished one exists.
+        progress: show progress bars and stage lines.
+    """
+
+    out: Path = Path("demo_out")
+    config_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced."""
+
+    rows: list[report.ResultRow]
+    table: str
+    report_path: Path
+    plots: list[Path]
+    reused: list[str]
+    trained: list[str]
+    gap_recovered: float | None
+    seconds: float
+
+
+# Settings that change how a run is executed or shown, not what it learns: a finished run
+# is reused even when they differ.
+_IGNORED_KEYS = {"run.device", "run.progress", "run.log_every", "data.workers", "data.eval_batch_size"}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "options":
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(wanted: dict, found: dict) -> list[str]:
+    """Keys whose values differ between two config dicts (execution-only keys ignored).
+
+    Args:
+        wanted: the resolved config the demo would train with.
+        found: the resolved config stored in an existing run directory.
+    Returns:
+        ``"key: found -> wanted"`` strings, sorted; empty when the run can be reused.
+    """
+    a, b = _flatten(wanted), _flatten(found)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in _IGNORED_KEYS:
+            continue
+        if a.get(key) != b.get(key):
+            diffs.append(f"{key}: {b.get(key)!r} -> {a.get(key)!r}")
+    return diffs
+
+
+def _say(opts: DemoOptions, text: str) -> None:
+    if opts.progress:
+        print(text, flush=True)
+
+
+def load_demo_configs(opts: DemoOptions) -> dict:
+    """The three run configs, with ``opts.overrides`` applied and the RED run pointed at the teacher run.
+
+    Returns:
+        ``{"teacher": Config, "vanilla": Config, "red": Config}``.
+    Raises:
+        UserError: missing config directory/file, or configs that do not fit together.
+    """
+    from redistill.train import load_config
+
+    cdir = Path(opts.config_dir) if opts.config_dir is not None else default_config_dir()
+    if not cdir.is_dir():
+        raise UserError(
+            f"demo config directory not found: {cdir}; pass --configs DIR holding "
+            + ", ".join(f for _, f, _ in STAGES)
+        )
+    overrides = list(opts.overrides)
+    if not opts.progress:
+        overrides.append("run.progress=false")
+    cfgs = {}
+    for name, fname, _ in STAGES:
+        path = cdir / fname
+        if not path.is_file():
+            raise UserError(f"demo config missing: {path} (the demo needs {', '.join(f for _, f, _ in STAGES)})")
+        extra = list(overrides)
+        if name == "red":
+            extra.append(f"model.teacher_checkpoint={Path(opts.out) / 'teacher'}")
+        cfgs[name] = load_config(path, extra)
+    teacher, red = cfgs["teacher"].model.student, cfgs["red"].model.teacher
+    if red != teacher:
+        raise UserError(
+            f"{cdir / 'student_red.yaml'}: model.teacher is {red!r} but teacher.yaml trains {teacher!r}; make them equal"
+        )
+    if cfgs["red"].distill.method is None:
+        raise UserError(f"{cdir / 'student_red.yaml'} has no distill.method; the demo needs distill.method: red")
+    return cfgs
+
+
+def run_stage(name: str, cfg, run_dir: Path, overwrite: bool = False) -> tuple[dict, str]:
+    """Train one run, or reuse it when it already finished with the same config.
+
+    Args:
+        name: run name (for messages).
+        cfg: its resolved config.
+        run_dir: its directory.
+        overwrite: retrain even when a finished run exists.
+    Returns:
+        ``(summary, status)`` with status "reused", "resumed" or "trained".
+    Raises:
+        UserError: the directory holds a run of a different config (named keys).
+    """
+    import yaml
+
+    from redistill.train import run_training
+
+    stored = run_dir / "config.yaml"
+    if not overwrite and stored.is_file():
+        diffs = config_differences(cfg.to_dict(), yaml.safe_load(stored.read_text()) or {})
+        if diffs:
+            raise UserError(
+                f"{run_dir} holds a {name} run with other settings ({'; '.join(diffs[:3])}); "
+                "pass --overwrite to retrain it or --out to use another directory"
+            )
+        summary_path = run_dir / SUMMARY
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            if summary.get("epochs") == cfg.run.epochs:
+                return summary, "reused"
+        if (run_dir / "last.pt").is_file():
+            return run_training(cfg, run_dir, resume=True), "resumed"
+    # Nothing worth keeping (or --overwrite): start over.
+    used = run_dir.exists() and any(run_dir.iterdir())
+    return run_training(cfg, run_dir, overwrite=used), "trained"
+
+
+def result_row(name: str, summary: dict) -> report.ResultRow:
+    """A results-table row from a run's ``summary.json`` (accuracies there are percent)."""
+    model = summary.get("model")
+    if isinstance(model, dict):
+        strides = model.get("strides")
+        model = model.get("name", "?") + (f" [{','.join(map(str, strides))}]" if strides else "")
+    acc = summary.get("test_acc")
+    return report.ResultRow(
+        name=name,
+        model=str(model),
+        acc=None if acc is None else acc / 100.0,
+        peak_live=summary.get("peak_bytes_live"),
+        peak_layer=summary.get("peak_bytes_layer"),
+        params=summary.get("params"),
+        flops=summary.get("flops"),
+        extra={"val_acc": summary.get("val_acc"), "train_time_s": summary.get("train_time_s")},
+    )
+
+
+def deployed_model(cfg, summary: dict, run_dir: Path):
+    """The model a run ships (RED blocks in for a RED run), with its best weights, on CPU.
+
+    Args:
+        cfg: the run's config.
+        summary: its ``summary.json`` content (data description).
+        run_dir: its directory (``best.pt`` is loaded when present).
+    Returns:
+        An ``nn.Module`` in eval mode.
+    """
+    from redistill.train.build import build_distiller, build_model
+    from redistill.train.checkpoint import load_checkpoint, load_weights
+    from redistill.train.data import DataInfo
+
+    shape = summary["input_shape"]  # (1, C, H, W)
+    info = DataInfo(summary["data"], summary["num_classes"], shape[1], shape[2], (0.0,) * shape[1], (1.0,) * shape[1])
+    # Only shapes matter for building the RED surgery: the teacher keeps random weights here.
+    teacher = build_model(cfg.model.teacher, cfg.model, info).eval() if cfg.distill.method else None
+    distiller = build_distiller(cfg, info, teacher)
+    best = run_dir / "best.pt"
+    if best.is_file():
+        load_weights(distiller.student, load_checkpoint(best)["model"], best)
+    return distiller.deployed_student().cpu().eval()
+
+
+def _schedule_text(cfg) -> str:
+    d, r = cfg.data, cfg.run
+    images = f"{d.subset} training images (data.subset)" if d.subset else "the full training split"
+    val = f"{d.val_subset} held-out" if d.val_subset else f"{d.val_fraction:.0%} of the training set held out"
+    return (
+        f"{images}, validation on {val}, {r.epochs} epochs, batch {d.batch_size}, "
+        f"{cfg.optim.name.upper()} lr {cfg.optim.lr} with a {cfg.schedule.name} schedule, seed {r.seed}"
+    )
+
+
+def _pair_lines(summary: dict) -> list[str]:
+    lines = []
+    for p in summary.get("pairs") or []:
+        suffix = ":in" if p.get("side") == "in" else ""
+        lines.append(
+            f"- student `{p['student']}{suffix}` <-> teacher `{p['teacher']}{suffix}` "
+            f"({p.get('distance', 'cosine')}, alpha {p.get('alpha', 1.0):g})"
+        )
+    return lines
+
+
+def write_report(
+    out: Path,
+    rows: list[report.ResultRow],
+    summaries: dict,
+    cfgs: dict,
+    plots: dict,
+    gap: float | None,
+    statuses: dict,
+) -> Path:
+    """Write ``out/report.md`` and ``out/results.json``; returns the report path."""
+    cfg = cfgs["teacher"]
+    lines = [
+        "# ReDistill demo: Fashion-MNIST",
+        "",
+        f"A `{cfgs['teacher'].model.student}` teacher, its x4 student (stem stride 4, later slots stride 1, "
+        "same total reduction) trained without distillation, and the same student trained with RED "
+        "blocks against the frozen teacher (pairs proposed from resolutions).",
+        "",
+        f"**Reduced schedule** (so that the demo fits in ~15 minutes on a 2-core CPU): {_schedule_text(cfg)}. "
+        "Accuracies are therefore below converged ones; `benchmarks/fashion_mnist.py` runs the full protocol "
+        "(full training set, converged teacher, 3 seeds).",
+        "",
+        "## Results",
+        "",
+        report.results_table(rows, markdown=True),
+        "",
+        "Test accuracy of the checkpoint with the best validation accuracy (the test set is used for nothing else). "
+        "Peak activation memory per image (batch 1, fp32, BatchNorm folded) of the deployed model, RED blocks "
+        "included: *live* = the largest sum of live tensors over the executed ops; *layer* = the paper's "
+        "convention (largest input + output [+ live skip] of a layer). Reductions are against the teacher. "
+        "FLOPs from `torch.utils.flop_counter` (a multiply-add counts 2).",
+        "",
+    ]
+    if gap is not None:
+        lines += [f"RED recovers **{100 * gap:.0f}%** of the teacher / vanilla-student accuracy gap.", ""]
+    else:
+        lines += ["The teacher is not more accurate than the vanilla student here, so no gap share is given.", ""]
+    pair_lines = _pair_lines(summaries["red"])
+    if pair_lines:
+        lines += ["RED pairs:", "", *pair_lines, ""]
+    lines += [
+        "## Peak memory over the execution",
+        "",
+        f"![live bytes over execution]({plots['footprint'].name})",
+        "",
+        "## Accuracy vs peak memory",
+        "",
+        f"![accuracy vs peak memory]({plots['accuracy'].name})",
+        "",
+        "## Runs",
+        "",
+    ]
+    for name, _, what in STAGES:
+        s = summaries[name]
+        lines.append(
+            f"- {name} ({what}): `{s.get('run_dir')}`, {statuses[name]}, "
+            f"training time {s.get('train_time_s', 0):.0f} s on {s.get('device')}, best epoch {s.get('best_epoch')}"
+        )
+    lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    results = {
+        "rows": [vars(r) for r in rows],
+        "gap_recovered": gap,
+        "schedule": _schedule_text(cfg),
+        "summaries": summaries,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], None] | None = None) -> DemoResult:
+    """Run (or reuse) the three demo runs and write the report.
+
+    Args:
+        opts: demo settings (defaults: ``demo_out``, ``configs/demo``).
+        on_stage: called as ``on_stage(name, status)`` after each run (for tests and UIs).
+    Returns:
+        A :class:`DemoResult` with the table, the report path and what was reused.
+    Raises:
+        UserError: bad configs, missing data, or an output directory holding other runs.
+    """
+    from redistill.memory import analyze_memory, plot_reports
+
+    opts = opts or DemoOptions()
+    start = time.perf_counter()
+    out = Path(opts.out)
+    cfgs = load_demo_configs(opts)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, statuses = {}, {}
+    for i, (name, _, what) in enumerate(STAGES, 1):
+        run_dir = out / name
+        # A RED run distilled from an older teacher is stale once the teacher is retrained.
+        overwrite = opts.overwrite or (name == "red" and statuses.get("teacher") != "reused")
+        _say(opts, f"[{i}/{len(STAGES)}] {name}: {what} -> {run_dir}")
+        summaries[name], statuses[name] = run_stage(name, cfgs[name], run_dir, overwrite=overwrite)
+        s = summaries[name]
+        _say(opts, f"[{i}/{len(STAGES)}] {name}: {statuses[name]}, test acc {s['test_acc']:.2f}%")
+        if on_stage is not None:
+            on_stage(name, statuses[name])
+
+    rows = [result_row(name, summaries[name]) for name, _, _ in STAGES]
+    _say(opts, "analysing peak memory of the deployed models ...")
+    reports = []
+    for name, _, _ in STAGES:
+        model = deployed_model(cfgs[name], summaries[name], out / name)
+        reports.append(analyze_memory(model, tuple(summaries[name]["input_shape"]), convention="live"))
+    plots = {
+        "footprint": plot_reports(reports, [f"{r.name} ({r.model})" for r in rows], out / "footprint.png"),
+        "accuracy": report.plot_accuracy_vs_memory(
+            rows, out / "accuracy_vs_memory.png", title="Fashion-MNIST demo: accuracy vs peak memory"
+        ),
+    }
+    acc = {r.name: r.acc for r in rows}
+    gap = report.gap_recovered(acc["teacher"], acc["vanilla"], acc["red"])
+    path = write_report(out, rows, summaries, cfgs, plots, gap, statuses)
+    return DemoResult(
+        rows=rows,
+        table=report.results_table(rows),
+        report_path=path,
+        plots=list(plots.values()),
+        reused=[n for n, s in statuses.items() if s == "reused"],
+        trained=[n for n, s in statuses.items() if s != "reused"],
+        gap_recovered=gap,
+        seconds=time.perf_counter() - start,
+    )
