@@ -75,3 +75,17 @@ def broadcast_object(env: DistEnv, obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def average_buffers(env: DistEnv, module: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over all processes.
+
+    DDP keeps parameters in sync but each process's BN statistics last saw its own batches;
+    averaging them at the end of an epoch makes every process hold the same model.
+    """
+    if not env.enabled:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(env.world_size)

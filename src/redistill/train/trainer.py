@@ -260,6 +260,9 @@ class _Loop:
             if env.is_main and cfg.run.progress:
                 bar.set_postfix(loss=f"{values[0].item():.3f}", refresh=False)
 
+        dd.average_buffers(env, self.distiller.student)
+        if self.distiller.method is not None:
+            dd.average_buffers(env, self.distiller.method)
         names = list(sums)
         totals = dd.all_sum(env, torch.tensor([sums[k] for k in names] + [seen, correct], dtype=torch.float64, device=self.device))
         seen_all = float(totals[-2])
