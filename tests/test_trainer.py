@@ -200,3 +200,18 @@ def test_sigkill_then_resume_ends_with_identical_weights(tmp_path):
     assert len((killed_dir / "metrics.jsonl").read_text().splitlines()) == 4
     assert summary["test_acc"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["test_acc"]
     assert yaml.safe_load((killed_dir / "config.yaml").read_text()) == cfg.to_dict()
+
+
+def test_method_pre_stage_runs_before_main_training(teacher_run, tmp_path):
+    teacher_dir, _ = teacher_run
+    cfg = tiny(
+        f"model.teacher_checkpoint={teacher_dir}",
+        "distill.method=fitnet",
+        "distill.options={hint_epochs: 1}",
+        "run.epochs=1",
+    )
+    run_training(cfg, tmp_path / "fitnet")
+    records = [json.loads(line) for line in (tmp_path / "fitnet" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["stage"] == "fitnet_init" and records[0]["stage_epoch"] == 1
+    assert any(k.startswith("train/fitnet/") for k in records[0])
+    assert records[1]["epoch"] == 1 and "stage" not in records[1]

@@ -141,9 +141,9 @@ def model_from_state(
 def pairs_to_data(method) -> Optional[list[dict[str, Any]]]:
     """The pairs a method resolved (``auto`` included), as plain dicts; None if it has none."""
     pairs = getattr(method, "pairs", None)
-    if not pairs:
+    if not isinstance(pairs, (list, tuple)) or not pairs or not all(hasattr(p, "to_dict") for p in pairs):
         return None
-    return [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in pairs]
+    return [p.to_dict() for p in pairs]
 
 
 def build_distiller(cfg: Config, info: DataInfo, teacher: Optional[nn.Module] = None):

@@ -32,6 +32,7 @@ from redistill.train.checkpoint import load_checkpoint, load_weights, rng_state,
 from redistill.train.config import Config, load_config
 from redistill.train.data import DataInfo, batch_mixer, build_datasets, eval_loader, set_epoch, train_loader
 from redistill.train.optim import build_optimizer, build_scheduler
+from redistill.train.stages import run_pre_stages
 
 # Keys that may differ when a run is resumed: they do not change what is computed.
 _RESUME_FREE = {"run.progress", "data.workers", "data.eval_batch_size", "run.device", "run.log_every"}
@@ -347,12 +348,19 @@ def run_training(
 def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, resume: bool) -> dict:
     loop = _Loop(cfg, run_dir, env, device)
     last, best = run_dir / "last.pt", run_dir / "best.pt"
-    if resume and last.is_file():
+    resumed = resume and last.is_file()
+    if resumed:
         loop.restore(last)
     metrics = run_dir / "metrics.jsonl"
     writer = None
     if env.is_main:
         _write_metrics(metrics, {}, keep_up_to=loop.epoch)
+    if not resumed:
+        try:
+            run_pre_stages(loop, lambda record: _write_metrics(metrics, record) if env.is_main else None)
+        except FloatingPointError as err:
+            raise UserError(f"training diverged: {err}; lower optim.lr") from err
+    if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=loop.epoch * loop.steps_per_epoch + 1)
