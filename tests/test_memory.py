@@ -1,0 +1,261 @@
+"""The peak-memory analyzer: published figures, hand-computed cases, prediction == measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from redistill.errors import UserError
+from redistill.memory import analyze_memory, plot_reports
+
+KIB = 1024
+
+
+def tv(name: str) -> nn.Module:
+    kw = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    return torchvision.models.get_model(name, weights=None, **kw).eval()
+
+
+# -- the published figures (METHOD.md section 9) ---------------------------------------
+@pytest.mark.parametrize(
+    "name, kwargs, kib",
+    [
+        ("resnet18", dict(convention="layer"), 3920),  # the paper's 3.83 MiB
+        ("resnet50", dict(convention="layer"), 9408),  # the paper's 9.19 MiB
+        ("mobilenet_v2", dict(dtype="int8"), 1470),
+        ("mobilenet_v2", dict(dtype="int8", inplace_depthwise=True), 1372),  # MCUNetV2
+        ("resnet50", dict(inplace_add=True), 7056),  # MCUNet's 7.2 MB
+    ],
+)
+def test_published_figures(name, kwargs, kib):
+    rep = analyze_memory(tv(name), (1, 3, 224, 224), **kwargs)
+    assert rep.peak_bytes == kib * KIB
+
+
+def test_resnet18_peak_location_and_params():
+    model = tv("resnet18")
+    rep = analyze_memory(model, (1, 3, 224, 224))
+    assert rep.peak_module == "maxpool"
+    assert rep.peak_op.startswith("max_pool2d")
+    # parameters + buffers are reported apart and never counted in the peak
+    expected = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    assert rep.param_bytes == expected
+    # the model given is not modified (folding happens on a copy)
+    assert isinstance(model.bn1, nn.BatchNorm2d)
+
+
+def test_no_fold_bn_counts_batchnorm_outputs():
+    folded = analyze_memory(tv("resnet18"), (1, 3, 224, 224))
+    unfolded = analyze_memory(tv("resnet18"), (1, 3, 224, 224), fold_bn=False)
+    # conv1 output (3136 KiB) and its BN output (3136 KiB) coexist, plus the input (588 KiB)
+    assert unfolded.peak_bytes == (3136 + 3136) * KIB
+    assert folded.peak_bytes < unfolded.peak_bytes
+    assert folded.options["folded_pairs"] == 20 and unfolded.options["folded_pairs"] == 0
+
+
+def test_batch_and_dtype_scale_linearly():
+    base = analyze_memory(tv("resnet18"), (1, 3, 64, 64)).peak_bytes
+    assert analyze_memory(tv("resnet18"), (1, 3, 64, 64), batch_size=4).peak_bytes == 4 * base
+    assert analyze_memory(tv("resnet18"), (1, 3, 64, 64), dtype="fp16").peak_bytes * 2 == base
+    assert analyze_memory(tv("resnet18"), (3, 64, 64), dtype="int8").peak_bytes * 4 == base
+
+
+# -- hand-computed cases -------------------------------------------------------------------
+class Chain(nn.Module):
+    """conv 1->4 (8x8), relu in place, conv 4->2: every size by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.b = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.relu(self.a(x)))
+
+
+class Skip(nn.Module):
+    """y = b(a(x)) + x, out of place: x must stay alive across a and b."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 8, 1)
+        self.b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x)) + x
+
+
+def test_chain_by_hand():
+    rep = analyze_memory(Chain(), (1, 1, 8, 8))
+    # op a: input 64 floats + output 256 floats; relu in place: 256; op b: 256 + 128
+    assert [e.live_bytes for e in rep.timeline] == [(64 + 256) * 4, 256 * 4, (256 + 128) * 4]
+    assert rep.peak_bytes == 384 * 4 and rep.peak_module == "b"
+
+
+def test_skip_by_hand_and_inplace_add():
+    rep = analyze_memory(Skip(), (1, 2, 4, 4))
+    x, h, y = 32, 128, 32  # elements of input, hidden, outputs
+    # op a: x + h; op b: x (skip) + h + y; add: x + y + sum
+    assert [e.live_bytes for e in rep.timeline] == [4 * (x + h), 4 * (x + h + y), 4 * (x + y + y)]
+    layer = analyze_memory(Skip(), (1, 2, 4, 4), convention="layer")
+    assert layer.peak_bytes == 4 * (x + h + y)
+    # the input is the caller's, so only b's dying output can be overwritten by the add
+    inplace = analyze_memory(Skip(), (1, 2, 4, 4), inplace_add=True)
+    assert inplace.timeline[-1].live_bytes == 4 * (x + y)
+
+
+class HoldsLocal(nn.Module):
+    """Keeps a big intermediate in a local until return: eager keeps it, liveness frees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Conv2d(1, 16, 1)
+        self.down = nn.Conv2d(16, 1, 1)
+        self.tail = nn.Conv2d(1, 16, 1)
+
+    def forward(self, x):
+        big = self.up(x)
+        small = self.down(big)
+        return self.tail(small)
+
+
+def test_eager_keeps_locals_alive_live_does_not():
+    rep = analyze_memory(HoldsLocal(), (1, 1, 8, 8))
+    n = 64
+    assert rep.peaks["live"] == 4 * (n + 16 * n)  # up: input + big
+    # eager: at tail the input (held by the caller), big (local), small and the output
+    assert rep.peaks["eager"] == 4 * (n + 16 * n + n + 16 * n)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.mean() > 0:  # data-dependent Python control flow: torch.fx cannot trace this
+            y = self.b(y)
+        else:
+            y = self.c(y)
+        for _ in range(int(y.abs().sum().item()) % 3 + 1):
+            y = torch.relu(y)
+        return y
+
+
+def test_data_dependent_control_flow():
+    rep = analyze_memory(DataDependent(), (1, 3, 16, 16), measure=True)
+    assert rep.peak_bytes > 0
+    assert rep.measured["live_boundary_peak"] == rep.peak_bytes
+    assert rep.measured["eager_boundary_peak"] == rep.peaks["eager"]
+
+
+# -- prediction == measurement on many real models -------------------------------------------
+class SmallUNet(nn.Module):
+    """Two-level UNet with concatenating skips."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))  # noqa: E731
+        self.enc1, self.enc2 = block(3, c), block(c, 2 * c)
+        self.pool = nn.MaxPool2d(2)
+        self.mid = block(2 * c, 4 * c)
+        self.up2, self.dec2 = nn.ConvTranspose2d(4 * c, 2 * c, 2, 2), block(4 * c, 2 * c)
+        self.up1, self.dec1 = nn.ConvTranspose2d(2 * c, c, 2, 2), block(2 * c, c)
+        self.head = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        m = self.mid(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
+EXACT_MODELS = [
+    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0",
+    "shufflenet_v2_x1_0", "regnet_y_400mf", "squeezenet1_0", "mnasnet0_5", "googlenet", "unet",
+]
+
+
+def _build(name: str) -> nn.Module:
+    return SmallUNet().eval() if name == "unet" else tv(name)
+
+
+def _check_exact(name: str, size: int, **flags) -> None:
+    rep = analyze_memory(_build(name), (1, 3, size, size), measure=True, **flags)
+    m = rep.measured
+    assert m["live_boundary_peak"] == rep.peaks["live"], name
+    assert m["eager_boundary_peak"] == rep.peaks["eager"], name
+    # every op boundary agrees, not only the peak
+    assert m["live_boundary"] == [e.live_bytes for e in rep.timeline], name
+    assert m["cpu_allocator_peak"] >= m["live_predicted_peak"], name
+
+
+@pytest.mark.parametrize("name", EXACT_MODELS)
+def test_prediction_equals_measurement(name):
+    _check_exact(name, 64)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mnasnet0_5", "resnet18"])
+def test_prediction_equals_measurement_inplace_options(name):
+    _check_exact(name, 32, inplace_depthwise=True, inplace_add=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXACT_MODELS)
+def test_prediction_equals_measurement_224(name):
+    _check_exact(name, 224)
+
+
+@pytest.mark.gpu
+def test_cuda_peak_at_least_prediction():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rep = analyze_memory(tv("resnet18"), (1, 3, 224, 224), measure=True)
+    assert rep.measured["cuda_peak"] >= rep.peak_bytes
+
+
+# -- reports -----------------------------------------------------------------------------------
+def test_report_outputs(tmp_path):
+    a = analyze_memory(tv("resnet18"), (1, 3, 64, 64), name="resnet18")
+    b = analyze_memory(SmallUNet().eval(), (1, 3, 64, 64), name="unet")
+    data = json.loads(a.to_json(tmp_path / "r.json"))
+    assert data["peak_bytes"] == a.peak_bytes and len(data["timeline"]) == len(a.timeline)
+    assert (tmp_path / "r.json").exists()
+    table = a.to_table()
+    assert "maxpool" in table and "<- peak" in table
+    assert max(e.live_bytes for e in a.timeline) == a.peaks["live"]
+    out = plot_reports([a, b], ["resnet18", "unet"], tmp_path / "p.png")
+    assert out.stat().st_size > 10_000
+    with pytest.raises(UserError, match="cannot write"):
+        a.plot("/proc/nope/x.png")
+
+
+def test_unknown_dtype_and_convention():
+    with pytest.raises(UserError, match="dtype"):
+        analyze_memory(Chain(), (1, 1, 8, 8), dtype="fp8")
+    with pytest.raises(UserError, match="convention"):
+        analyze_memory(Chain(), (1, 1, 8, 8), convention="peak")
+
+
+def test_failure_names_module():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ok = nn.Conv2d(3, 4, 1)
+            self.bad = nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.bad(self.ok(x))
+
+    with pytest.raises(UserError, match="module 'bad'"):
+        analyze_memory(Broken(), (1, 3, 4, 4))
