@@ -17,6 +17,7 @@ from redistill.errors import UserError
 # Command modules, in the order `redistill --help` lists them.
 COMMANDS = [
     "redistill.cli.memory",
+    "redistill.cli.models", "redistill.cli.derive",
     "redistill.cli.layers",
     "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export",
     "redistill.cli.demo",

@@ -1,0 +1,148 @@
+"""Derive a student for a factor or a memory budget and compare it with its teacher
+(peak memory in the layer and live conventions, FLOPs, parameters): the work behind
+``redistill derive``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from redistill.errors import UserError
+from redistill.flops import count_flops, count_params
+from redistill.models.derive import derive_student, model_slots
+from redistill.models.registry import model_spec
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``800KiB`` -> 819200, ``1.5MB`` -> 1500000, ``4096`` -> 4096.
+
+    Raises:
+        UserError: malformed size.
+    """
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise UserError(f"malformed size '{text}': give a number with an optional unit B, kB, MB, KiB, MiB, GiB, e.g. 800KiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def spec_string(spec: dict[str, Any]) -> str:
+    """Command-line form of a project spec: ``resnet18:strides=8,1,1,2,2,1``."""
+    return f"{spec['name']}:strides={','.join(str(s) for s in spec['strides'])}"
+
+
+@dataclass
+class Side:
+    """Figures of one model: peaks by convention, FLOPs, parameters, and its live-memory report."""
+
+    peaks: dict[str, int]
+    flops: int
+    params: int
+    report: Any = field(repr=False, default=None)
+
+
+@dataclass
+class DeriveResult:
+    """A derived student next to its teacher.
+
+    Attributes:
+        factor: the stem stride multiplier used.
+        changed: (slot, teacher stride, student stride) for every slot that changed.
+        teacher, student: their figures.
+        student_model: the derived model.
+        dtype, input_shape: the analysis settings.
+    """
+
+    factor: int
+    changed: list[tuple[str, int, int]]
+    teacher: Side
+    student: Side
+    student_model: nn.Module = field(repr=False)
+    dtype: str = "fp32"
+    input_shape: tuple[int, ...] = ()
+
+    def ratio(self, convention: str = "live") -> float:
+        """Teacher peak / student peak under ``convention``."""
+        return self.teacher.peaks[convention] / max(1, self.student.peaks[convention])
+
+    def student_spec(self) -> dict[str, Any]:
+        """The YAML-able spec of the student (raises UserError for models without one)."""
+        return model_spec(self.student_model)
+
+
+def measure(model: nn.Module, input_shape: Sequence[int], dtype: str = "fp32") -> Side:
+    """Peaks (layer, live; BN folded), FLOPs and parameters of ``model`` on ``input_shape``."""
+    from redistill.memory import analyze_memory
+
+    report = analyze_memory(model, tuple(input_shape), dtype=dtype, convention="live")
+    peaks = {k: report.peaks[k] for k in ("layer", "live")}
+    return Side(peaks, count_flops(model, input_shape), count_params(model), report)
+
+
+def _result(teacher: nn.Module, t: Side, factor: int, drop, input_shape, dtype) -> DeriveResult:
+    student = derive_student(teacher, factor, drop)
+    before, after = model_slots(teacher), model_slots(student)
+    changed = [(n, a, b) for n, a, b in zip(before.names, before.strides, after.strides) if a != b]
+    return DeriveResult(factor, changed, t, measure(student, input_shape, dtype), student, dtype, tuple(input_shape))
+
+
+def derive_for(
+    teacher: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    factor: int | None = None,
+    budget: int | str | None = None,
+    convention: str = "live",
+    dtype: str = "fp32",
+    drop: Sequence[str] | None = None,
+) -> DeriveResult:
+    """Derive a student for a factor, or the smallest factor whose peak fits a budget.
+
+    Args:
+        teacher: a project model or a supported torchvision model (not modified).
+        input_shape: NxCxHxW used for memory and FLOPs.
+        factor: stem stride multiplier (exclusive with ``budget``).
+        budget: peak-memory budget in bytes or as text (``800KiB``).
+        convention: the convention the budget applies to (``live`` or ``layer``).
+        dtype: activation dtype for the memory analysis.
+        drop: slots to set to stride 1 (only with ``factor``).
+    Returns:
+        A :class:`DeriveResult`.
+    Raises:
+        UserError: neither or both of factor/budget, a bad factor, or no factor meets the budget
+            (the message gives the best reachable peak).
+    """
+    if (factor is None) == (budget is None):
+        raise UserError("give exactly one of a factor (e.g. --factor 4) or a budget (e.g. --budget 800KiB)")
+    if convention not in ("live", "layer"):
+        raise UserError(f"unknown convention '{convention}' for the budget; use live or layer")
+    t = measure(teacher, input_shape, dtype)
+    if factor is not None:
+        return _result(teacher, t, factor, drop, input_shape, dtype)
+    if drop is not None:
+        raise UserError("--drop names the slots for one factor; give it with --factor, not --budget")
+    limit = parse_bytes(budget)
+    best = None
+    factor, most = 2, model_slots(teacher).max_factor()
+    if most < 2:
+        raise UserError("the model has no later stride-2 slot, so no student can be derived for any budget")
+    while factor <= most:
+        best = _result(teacher, t, factor, None, input_shape, dtype)
+        if best.student.peaks[convention] <= limit:
+            return best
+        factor *= 2
+    from redistill.memory import fmt_bytes
+
+    raise UserError(
+        f"no factor meets the budget {fmt_bytes(limit)} ({convention}, {dtype}): the best reachable is "
+        f"x{best.factor} with a peak of {fmt_bytes(best.student.peaks[convention])} "
+        f"(teacher {fmt_bytes(t.peaks[convention])}); raise the budget or lower the input size"
+    )
