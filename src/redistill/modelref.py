@@ -4,7 +4,8 @@ Accepted forms:
 - a family spec of this project's model registry (``resnet18``, ``resnext18-4-11221``,
   ``resnet18:strides=8,1,1,2,2,1``), when :mod:`redistill.models` knows it;
 - a torchvision classification model name (``mobilenet_v2``), built with random weights;
-- ``package.module:factory`` or ``path/to/file.py:factory`` (a callable returning a module).
+- ``package.module:factory`` or ``path/to/file.py:factory`` (a callable returning a module);
+- a directory written by ``redistill export`` (or its ``spec.yaml``): the deployed student.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def resolve_model(ref: str, **kwargs) -> nn.Module:
     Raises:
         UserError: unknown name (with the closest names) or a factory that fails.
     """
+    path = Path(ref)
+    if path.is_dir() or (path.suffix in (".yaml", ".yml") and path.is_file()):
+        from redistill.train.export import load_exported
+
+        return load_exported(path).eval()
     if ":" in ref and not ref.split(":", 1)[1].startswith("strides="):
         model = _from_factory(ref)
         return model.eval()

@@ -42,8 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "MODEL: a torchvision name, a redistill family spec, package.module:factory or path/to/file.py:factory.",
     )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--input", type=parse_shape, default=(1, 3, 224, 224), metavar="NxCxHxW",
-                   help="input shape (default 1x3x224x224)")
+    p.add_argument("--input", type=parse_shape, default=None, metavar="NxCxHxW",
+                   help="input shape (default: an exported model's own, else 1x3x224x224)")
     p.add_argument("--batch-size", type=int, default=None, help="override the batch dimension")
     p.add_argument("--dtype", choices=list(DTYPE_SIZES), default="fp32",
                    help="activation element type (int8: 1 byte per element)")
@@ -61,15 +61,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def memory_reports(model: str, input: tuple[int, ...], compare: str | None = None,
+def memory_reports(model: str, input: tuple[int, ...] | None, compare: str | None = None,
                    **options) -> list[MemoryReport]:
-    """Analyse ``model`` (and ``compare``) with the same options."""
+    """Analyse ``model`` (and ``compare``) with the same options.
+
+    ``input`` None takes the shape an exported model records, else 1x3x224x224.
+    """
     from redistill.modelref import resolve_model
 
     reports = []
     for ref in [model] + ([compare] if compare else []):
         net = resolve_model(ref)
-        reports.append(analyze_memory(net, input, name=ref, **options))
+        shape = input or tuple(getattr(net, "input_shape", None) or (1, 3, 224, 224))
+        reports.append(analyze_memory(net, shape, name=ref, **options))
     return reports
 
 
