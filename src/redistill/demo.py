@@ -101,8 +101,8 @@ def config_differences(wanted: dict, found: dict) -> list[str]:
 
 
 def _say(opts: DemoOptions, text: str) -> None:
-    if opts.progress:
-        print(text, flush=True)
+    # Stage lines are printed even without progress bars: they are the demo's log.
+    print(text, flush=True)
 
 
 def load_demo_configs(opts: DemoOptions) -> dict:

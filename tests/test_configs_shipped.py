@@ -1,0 +1,84 @@
+"""Every shipped recipe config loads, builds its models, and its RED pairs validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from redistill.train import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED = sorted(p for d in ("demo", "stl10", "imagenet") for p in (CONFIGS / d).glob("*.yaml"))
+# (classes, channels) of each data set. Pairs depend on resolutions only through ratios, so
+# 3-channel recipes are checked at 64 px (a multiple of their x16 / x32 total reduction) to
+# keep this test cheap; Fashion-MNIST at its native 28 px.
+DATA = {"fashion_mnist": (10, 1, 28), "stl10": (10, 3, 64), "imagefolder": (1000, 3, 64)}
+# Recipe keys that must be equal across the teacher, vanilla and RED configs of one family.
+RECIPE = ("data", "optim", "schedule", "run")
+
+
+def _family(path: Path) -> str:
+    for suffix in ("_teacher", "_x4_vanilla", "_x4_red", "teacher", "student_vanilla", "student_red"):
+        if path.stem.endswith(suffix):
+            return path.parent.name + "/" + path.stem[: -len(suffix)].rstrip("_")
+    raise AssertionError(f"unexpected config name {path}")
+
+
+def test_shipped_configs_exist():
+    names = {f"{p.parent.name}/{p.name}" for p in SHIPPED}
+    assert {"demo/teacher.yaml", "demo/student_vanilla.yaml", "demo/student_red.yaml"} <= names
+    for fam in ("resnext18", "mobilenetv2", "mobilenetv3_small"):
+        assert {f"stl10/{fam}_teacher.yaml", f"stl10/{fam}_x4_vanilla.yaml", f"stl10/{fam}_x4_red.yaml"} <= names
+    for fam in ("resnet18", "resnet50"):
+        assert {f"imagenet/{fam}_teacher.yaml", f"imagenet/{fam}_x4_red.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_loads_and_pairs_validate(path):
+    import torch
+
+    from redistill.distill.pairing import auto_pairs, parse_pairs, validate_pairs
+    from redistill.models import create_model
+
+    cfg = load_config(path)
+    classes, channels, size = DATA[cfg.data.name]
+    kw = dict(num_classes=classes, in_channels=channels, **cfg.model.options)
+    student = create_model(cfg.model.student, **kw)
+    if cfg.distill.method is None:
+        assert cfg.model.teacher is None and cfg.distill.pairs is None
+        return
+    assert cfg.distill.method == "red"
+    assert cfg.model.teacher_checkpoint, "a RED recipe must name the teacher's checkpoint"
+    teacher = create_model(cfg.model.teacher, **kw)
+    example = (1, channels, size, size)
+    if cfg.distill.pairs == "auto":
+        pairs = auto_pairs(student, teacher, example)
+        assert pairs and pairs[0].side == "out"
+    else:
+        pairs = parse_pairs(cfg.distill.pairs)
+        # The shipped (authors') pairs are what the resolution rule proposes.
+        proposed = [(p.student, p.teacher, p.side) for p in auto_pairs(student, teacher, example)]
+        assert [(p.student, p.teacher, p.side) for p in pairs] == proposed
+    shapes = validate_pairs(student, teacher, pairs, example)
+    assert len(shapes) == len(pairs)
+    # The RED student and its teacher differ in stem stride only: same output, same classes.
+    with torch.no_grad():
+        assert student.eval()(torch.zeros(example)).shape == (1, classes)
+
+
+@pytest.mark.parametrize("family", sorted({_family(p) for p in SHIPPED}))
+def test_family_shares_one_recipe(family):
+    """Teacher, vanilla and RED runs of a family train on the same recipe (a fair comparison)."""
+    paths = [p for p in SHIPPED if _family(p) == family]
+    cfgs = {p.stem: load_config(p) for p in paths}
+    assert len(cfgs) == 3, paths
+    recipes = {name: {k: getattr(c, k) for k in RECIPE} for name, c in cfgs.items()}
+    first = next(iter(recipes.values()))
+    for name, recipe in recipes.items():
+        assert recipe == first, f"{family}: {name} uses another recipe"
+    teacher = next(c for n, c in cfgs.items() if n.endswith("teacher"))
+    red = next(c for n, c in cfgs.items() if n.endswith("red"))
+    vanilla = next(c for n, c in cfgs.items() if n.endswith("vanilla"))
+    assert red.model.teacher == teacher.model.student
+    assert red.model.student == vanilla.model.student != teacher.model.student
