@@ -78,20 +78,21 @@ class DeriveResult:
         return model_spec(self.student_model)
 
 
-def measure(model: nn.Module, input_shape: Sequence[int], dtype: str = "fp32") -> Side:
-    """Peaks (layer, live; BN folded), FLOPs and parameters of ``model`` on ``input_shape``."""
+def measure(model: nn.Module, input_shape: Sequence[int], dtype: str = "fp32", flops: bool = True) -> Side:
+    """Peaks (layer, live; BN folded), FLOPs (0 when ``flops`` is False) and parameters of ``model``."""
     from redistill.memory import analyze_memory
 
     report = analyze_memory(model, tuple(input_shape), dtype=dtype, convention="live")
     peaks = {k: report.peaks[k] for k in ("layer", "live")}
-    return Side(peaks, count_flops(model, input_shape), count_params(model), report)
+    return Side(peaks, count_flops(model, input_shape) if flops else 0, count_params(model), report)
 
 
-def _result(teacher: nn.Module, t: Side, factor: int, drop, input_shape, dtype) -> DeriveResult:
+def _result(teacher: nn.Module, t: Side, factor: int, drop, input_shape, dtype, flops: bool = True) -> DeriveResult:
     student = derive_student(teacher, factor, drop)
     before, after = model_slots(teacher), model_slots(student)
     changed = [(n, a, b) for n, a, b in zip(before.names, before.strides, after.strides) if a != b]
-    return DeriveResult(factor, changed, t, measure(student, input_shape, dtype), student, dtype, tuple(input_shape))
+    side = measure(student, input_shape, dtype, flops)
+    return DeriveResult(factor, changed, t, side, student, dtype, tuple(input_shape))
 
 
 def derive_for(
@@ -124,7 +125,7 @@ def derive_for(
         raise UserError("give exactly one of a factor (e.g. --factor 4) or a budget (e.g. --budget 800KiB)")
     if convention not in ("live", "layer"):
         raise UserError(f"unknown convention '{convention}' for the budget; use live or layer")
-    t = measure(teacher, input_shape, dtype)
+    t = measure(teacher, input_shape, dtype, flops=factor is not None)
     if factor is not None:
         return _result(teacher, t, factor, drop, input_shape, dtype)
     if drop is not None:
@@ -135,8 +136,11 @@ def derive_for(
     if most < 2:
         raise UserError("the model has no later stride-2 slot, so no student can be derived for any budget")
     while factor <= most:
-        best = _result(teacher, t, factor, None, input_shape, dtype)
+        best = _result(teacher, t, factor, None, input_shape, dtype, flops=False)
         if best.student.peaks[convention] <= limit:
+            # FLOPs only for the pair that is reported.
+            t.flops = count_flops(teacher, input_shape)
+            best.student.flops = count_flops(best.student_model, input_shape)
             return best
         factor *= 2
     from redistill.memory import fmt_bytes
