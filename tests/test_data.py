@@ -154,3 +154,50 @@ def test_image_folder(tmp_path):
     assert s.train[0][0].shape == (3, 16, 16) and s.test[0][0].shape == (3, 16, 16)
     with pytest.raises(UserError, match="train/ and val/"):
         build_datasets(data_cfg(name="imagefolder", root=str(tmp_path / "train")))
+
+
+def test_preloaded_batches_match_the_per_image_pipeline_without_augmentation():
+    from redistill.train.preload import preloaded_loaders
+
+    cfg = data_cfg(name="synthetic", batch_size=8, eval_batch_size=10, augment={"crop": "none", "flip": False})
+    splits = build_datasets(cfg)
+    train, val, test = preloaded_loaders(splits, cfg, torch.device("cpu"))
+    x, y = next(iter(test))
+    expected = torch.stack([splits.test[i][0] for i in range(10)])
+    assert torch.allclose(x, expected, atol=1e-6)
+    assert y.tolist() == [splits.test[i][1] for i in range(10)]
+    assert len(train) == len(splits.train) // 8 and len(val) == -(-len(splits.val) // 10)
+
+
+def test_preloaded_augmentation_is_per_image_and_fixed_by_epoch():
+    from redistill.train.preload import TensorBatches
+
+    info = build_datasets(data_cfg(name="synthetic")).info
+    images = torch.arange(16 * 4 * 4, dtype=torch.uint8).view(16, 1, 4, 4)
+    aug = data_cfg(augment={"crop": "pad", "padding": 1, "flip": True}).augment
+    batches = TensorBatches(images, torch.arange(16), 16, info, torch.device("cpu"), aug)
+
+    def epoch(e):
+        batches.set_epoch(0, e)
+        return next(iter(batches))
+
+    (x0, y0), (again, _), (x1, y1) = epoch(0), epoch(0), epoch(1)
+    assert torch.equal(x0, again) and y0.tolist() != y1.tolist()
+    raw = x0 * info.std[0] + info.mean[0]  # back to [0, 1] pixels
+    pixels = (raw * 255).round().long()
+    for img, label in zip(pixels, y0):
+        source = images[label].long()
+        # each output is a shifted (by at most 1 px, zero-filled) and maybe mirrored copy of its own image
+        candidates = []
+        for flipped in (source, source.flip(-1)):
+            padded = torch.nn.functional.pad(flipped, (1, 1, 1, 1))
+            candidates += [padded[:, dy : dy + 4, dx : dx + 4] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(img, c) for c in candidates)
+
+
+def test_preload_refuses_unsupported_augmentation():
+    from redistill.train.preload import preloaded_loaders
+
+    cfg = data_cfg(name="synthetic", augment={"crop": "resized"})
+    with pytest.raises(UserError, match="augment.crop=resized"):
+        preloaded_loaders(build_datasets(cfg), cfg, torch.device("cpu"))

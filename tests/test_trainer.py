@@ -215,3 +215,26 @@ def test_method_pre_stage_runs_before_main_training(teacher_run, tmp_path):
     assert records[0]["stage"] == "fitnet_init" and records[0]["stage_epoch"] == 1
     assert any(k.startswith("train/fitnet/") for k in records[0])
     assert records[1]["epoch"] == 1 and "stage" not in records[1]
+
+
+def test_preloaded_run_interrupted_then_resumed_matches(tmp_path, monkeypatch):
+    import redistill.train.trainer as trainer
+
+    cfg = tiny("data.preload=true", "data.augment.cutmix_alpha=0.5", "run.epochs=3")
+    run_training(cfg, tmp_path / "whole")
+    real_evaluate, calls = trainer.evaluate, {"n": 0}
+
+    def crash_in_epoch_two(*args, **kwargs):  # after epoch 2's steps, before its checkpoint
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "cut")
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    run_training(cfg, tmp_path / "cut", resume=True)
+    whole, resumed = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("whole", "cut"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -8,8 +8,9 @@ A config has six sections; every field has a default, so a YAML file only names 
   ``in_channels`` (default: the dataset's), ``options`` (extra builder arguments, e.g. dropout).
 - ``data``: ``name`` (fashion_mnist | cifar10 | stl10 | imagefolder | synthetic), ``root``, ``image_size``,
   ``subset`` (number of training images), ``val_fraction`` / ``val_subset`` / ``test_subset``,
-  ``split_seed``, ``batch_size``, ``eval_batch_size``, ``workers``, ``augment`` (crop, flip,
-  RandAugment, CutMix / MixUp), ``synthetic`` (sizes of the synthetic data set).
+  ``split_seed``, ``batch_size``, ``eval_batch_size``, ``workers``, ``preload`` (hold the data on
+  the training device and augment whole batches there), ``augment`` (crop, flip, RandAugment,
+  CutMix / MixUp), ``synthetic`` (sizes of the synthetic data set).
 - ``optim``: ``name`` (sgd | adam | adamw), ``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
   ``betas``, ``label_smoothing``, ``grad_clip``.
 - ``schedule``: ``name`` (cosine | multistep | constant), ``warmup_epochs`` (linear warm-up),
@@ -77,6 +78,7 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: Union[int, None] = None
     workers: int = 2
+    preload: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -310,8 +310,16 @@ def train_loader(
     )
 
 
-def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Fix the shuffling and the augmentation randomness of ``loader`` for one epoch."""
+def set_epoch(loader, seed: int, epoch: int) -> None:
+    """Fix the shuffling and the augmentation randomness of ``loader`` for one epoch.
+
+    With worker processes the augmentation draws from seeds the loader's generator hands out;
+    without, from the global torch generator (saved in checkpoints). Preloaded batches
+    (:mod:`redistill.train.preload`) draw from their own generator.
+    """
+    if not isinstance(loader, DataLoader):
+        loader.set_epoch(seed, epoch)
+        return
     loader.sampler.set_epoch(epoch)
     loader.generator.manual_seed(seed * 100_003 + epoch)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -32,6 +33,7 @@ from redistill.train.checkpoint import load_checkpoint, load_weights, rng_state,
 from redistill.train.config import Config, load_config
 from redistill.train.data import DataInfo, batch_mixer, build_datasets, eval_loader, set_epoch, train_loader
 from redistill.train.optim import build_optimizer, build_scheduler
+from redistill.train.preload import preloaded_loaders
 from redistill.train.stages import run_pre_stages
 
 # Keys that may differ when a run is resumed: they do not change what is computed.
@@ -142,14 +144,19 @@ class _Loop:
         splits = build_datasets(cfg.data)
         self.info: DataInfo = splits.info
         pin = self.use_cuda
-        self.train_loader = train_loader(splits.train, cfg.data, cfg.run.seed, env.world_size, env.rank, pin)
+        if cfg.data.preload:
+            self.train_loader, self.val_loader, self.test_loader = preloaded_loaders(
+                splits, cfg.data, device, env.world_size, env.rank
+            )
+        else:
+            self.train_loader = train_loader(splits.train, cfg.data, cfg.run.seed, env.world_size, env.rank, pin)
+            self.val_loader = eval_loader(splits.val, cfg.data, pin) if splits.val is not None else None
+            self.test_loader = eval_loader(splits.test, cfg.data, pin)
         if len(self.train_loader) == 0:
             raise UserError(
                 f"the training split has {len(splits.train)} images, fewer than one batch of "
                 f"{cfg.data.batch_size // env.world_size} per process; lower data.batch_size or raise data.subset"
             )
-        self.val_loader = eval_loader(splits.val, cfg.data, pin) if splits.val is not None else None
-        self.test_loader = eval_loader(splits.test, cfg.data, pin)
         self.mix = batch_mixer(cfg.data.augment, self.info.num_classes)
 
         teacher = load_teacher(cfg, self.info)
@@ -320,6 +327,7 @@ def run_training(
     device_type = "cuda" if cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available()) else "cpu"
     env = dd.init_distributed(device_type)
     old_deterministic = torch.are_deterministic_algorithms_enabled()
+    old_benchmark = torch.backends.cudnn.benchmark
     try:
         error = None
         if env.is_main:
@@ -335,13 +343,17 @@ def run_training(
             if summary.get("epochs") == cfg.run.epochs:
                 return summary
         if cfg.run.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+            # warn_only: a few CUDA backward kernels (e.g. adaptive pooling) have no deterministic
+            # version; a warning beats a crash in the middle of a long run.
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = not cfg.run.deterministic
         _seed_everything(cfg.run.seed)
         device = _pick_device(cfg.run.device, env)
         return _train(cfg, run_dir, env, device, resume)
     finally:
         torch.use_deterministic_algorithms(old_deterministic)
+        torch.backends.cudnn.benchmark = old_benchmark
         dd.close_distributed(env)
 
 
