@@ -69,7 +69,7 @@ def main() -> None:
     meta = {"input": f"1x3x{args.size}x{args.size}", "dtype": "fp32", "fold_bn": True,
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    head = ("| model | live pred | live meas | eager pred | eager meas | layer | CPU allocator | excess |"
+    head = ("| model | live pred | live meas | eager pred | eager meas | layer | CPU allocator | excess over live pred |"
             " CUDA max alloc | exact |")
     md = [f"Input {meta['input']}, fp32, BN folded, KiB. torch {meta['torch']}"
           + (f", {meta['cuda']}" if meta["cuda"] else "") + ".", "", head, "|" + "---|" * 10]

@@ -1,0 +1,267 @@
+"""The full Fashion-MNIST protocol: teacher, vanilla x4 student and RED x4 student, 3 seeds.
+
+Every run uses the quickstart configs (``configs/demo/``) with the reduced-schedule settings
+lifted: the full training split, more epochs (a converged teacher), batch 256, one seed per
+run. The RED student of seed s is distilled from the teacher of seed s. Results (mean +- std
+over seeds, and the share of the teacher / vanilla-student gap that RED recovers) go to
+``benchmarks/results/fashion_mnist.{json,md,png}``.
+
+Resumable: a run directory with a ``summary.json`` (same config) is reused, an interrupted
+one resumed, so the protocol can be completed over several calls or moved to a GPU.
+
+    python benchmarks/fashion_mnist.py --quick                       # local smoke run (CPU, minutes)
+    python benchmarks/fashion_mnist.py --device cuda --jobs 3 \\
+        --data-root /path/to/fashion-mnist                           # full protocol on one GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+KINDS = ("teacher", "vanilla", "red")
+CONFIG_FILES = {"teacher": "teacher.yaml", "vanilla": "student_vanilla.yaml", "red": "student_red.yaml"}
+
+
+def protocol_overrides(args: argparse.Namespace, kind: str, seed: int, out: Path) -> list[str]:
+    """Dotted overrides turning a quickstart config into one run of the protocol."""
+    if args.quick:
+        subset, val_subset, test_subset = 2000, 500, 2000
+        epochs = 1
+    else:
+        subset, val_subset, test_subset = None, None, None
+        epochs = args.teacher_epochs if kind == "teacher" else args.student_epochs
+    lr = args.lr if args.lr is not None else 0.1 * args.batch_size / 128  # linear scaling from the 128 recipe
+    ov = [
+        f"data.subset={'null' if subset is None else subset}",
+        f"data.val_subset={'null' if val_subset is None else val_subset}",
+        f"data.test_subset={'null' if test_subset is None else test_subset}",
+        f"data.batch_size={args.batch_size}",
+        f"data.eval_batch_size={max(args.batch_size, 512)}",
+        f"data.workers={args.workers}",
+        f"optim.lr={lr}",
+        f"run.epochs={epochs}",
+        f"run.seed={seed}",
+        f"run.device={args.device}",
+        "run.progress=false",
+    ]
+    if args.data_root:
+        ov.append(f"data.root={args.data_root}")
+    if kind == "red":
+        ov.append(f"model.teacher_checkpoint={out / f'teacher_s{seed}'}")
+    return ov + list(args.overrides)
+
+
+def _run_one(config_path: str, overrides: list[str], run_dir: str, threads: int) -> tuple[str, dict, str, float]:
+    """Train (or reuse) one run in a worker process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from redistill.demo import run_stage
+    from redistill.train import load_config
+
+    start = time.perf_counter()
+    cfg = load_config(config_path, overrides)
+    summary, status = run_stage(Path(run_dir).name, cfg, Path(run_dir))
+    return run_dir, summary, status, time.perf_counter() - start
+
+
+def run_protocol(args: argparse.Namespace) -> dict[str, dict]:
+    """Run every (kind, seed) run, RED runs once their teacher finished; returns summaries by run name."""
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+
+    def job(kind: str, seed: int):
+        name = f"{kind}_s{seed}"
+        return (str(args.configs / CONFIG_FILES[kind]), protocol_overrides(args, kind, seed, out), str(out / name), threads)
+
+    summaries: dict[str, dict] = {}
+    ctx = get_context("spawn")  # CUDA cannot be used in forked children
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        pending = {}
+        # Teachers first: the RED runs wait for them.
+        for kind in ("teacher", "vanilla"):
+            for seed in args.seeds:
+                pending[pool.submit(_run_one, *job(kind, seed))] = (kind, seed)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, seed = pending.pop(fut)
+                run_dir, summary, status, secs = fut.result()
+                name = Path(run_dir).name
+                summaries[name] = summary
+                print(f"{name}: {status} in {secs:.0f} s, test acc {summary['test_acc']:.2f}%", flush=True)
+                if kind == "teacher":
+                    pending[pool.submit(_run_one, *job("red", seed))] = ("red", seed)
+    return summaries
+
+
+def aggregate(summaries: dict[str, dict], seeds: list[int]) -> dict:
+    """Mean +- std per kind, per-seed gap shares and the gap share of the means."""
+    from redistill import report
+
+    groups = {}
+    for kind in KINDS:
+        runs = [summaries[f"{kind}_s{s}"] for s in seeds]
+        acc_mean, acc_std = report.mean_std([r["test_acc"] for r in runs])
+        val_mean, val_std = report.mean_std([r["val_acc"] for r in runs if r.get("val_acc") is not None] or [float("nan")])
+        groups[kind] = {
+            "model": runs[0]["model"],
+            "test_acc_mean": acc_mean,
+            "test_acc_std": acc_std,
+            "test_acc": [r["test_acc"] for r in runs],
+            "val_acc_mean": val_mean,
+            "val_acc_std": val_std,
+            "peak_bytes_live": runs[0]["peak_bytes_live"],
+            "peak_bytes_layer": runs[0]["peak_bytes_layer"],
+            "params": runs[0]["params"],
+            "flops": runs[0]["flops"],
+            "epochs": runs[0]["epochs"],
+            "train_time_s_mean": report.mean_std([r["train_time_s"] for r in runs])[0],
+            "pairs": runs[0].get("pairs"),
+        }
+    per_seed = [
+        report.gap_recovered(summaries[f"teacher_s{s}"]["test_acc"], summaries[f"vanilla_s{s}"]["test_acc"],
+                             summaries[f"red_s{s}"]["test_acc"])
+        for s in seeds
+    ]
+    t, v, r = (groups[k]["test_acc_mean"] for k in KINDS)
+    return {
+        "groups": groups,
+        "gap_recovered": report.gap_recovered(t, v, r),
+        "gap_recovered_per_seed": per_seed,
+        "peak_reduction_live": groups["teacher"]["peak_bytes_live"] / groups["red"]["peak_bytes_live"],
+        "peak_reduction_layer": groups["teacher"]["peak_bytes_layer"] / groups["red"]["peak_bytes_layer"],
+    }
+
+
+def _rows(agg: dict):
+    from redistill import report
+    from redistill.demo import result_row
+
+    rows = []
+    for kind in KINDS:
+        g = agg["groups"][kind]
+        row = result_row(kind, {"model": g["model"], "test_acc": g["test_acc_mean"], "peak_bytes_live": g["peak_bytes_live"],
+                                "peak_bytes_layer": g["peak_bytes_layer"], "params": g["params"], "flops": g["flops"]})
+        row.acc_std = g["test_acc_std"] / 100.0
+        row.runs = len(g["test_acc"])
+        rows.append(row)
+    return rows
+
+
+def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: float) -> list[Path]:
+    """benchmarks/results/fashion_mnist[_quick].{json,md,png}."""
+    from redistill import report
+
+    stem = "fashion_mnist_quick" if args.quick else "fashion_mnist"
+    args.results.mkdir(parents=True, exist_ok=True)
+    rows = _rows(agg)
+    png = report.plot_accuracy_vs_memory(
+        rows, args.results / f"{stem}.png",
+        title=f"Fashion-MNIST, mean ± std over {len(args.seeds)} seeds",
+    )
+    settings = {
+        "quick": args.quick, "seeds": args.seeds, "batch_size": args.batch_size, "device": args.device,
+        "teacher_epochs": agg["groups"]["teacher"]["epochs"], "student_epochs": agg["groups"]["red"]["epochs"],
+        "jobs": args.jobs, "overrides": args.overrides, "wall_s": wall_s,
+        "devices": sorted({s.get("device", "?") for s in summaries.values()}),
+    }
+    data = {"settings": settings, **agg, "runs": summaries}
+    js = args.results / f"{stem}.json"
+    js.write_text(json.dumps(data, indent=2) + "\n")
+
+    gap = agg["gap_recovered"]
+    per_seed = ", ".join("-" if g is None else f"{100 * g:.0f}%" for g in agg["gap_recovered_per_seed"])
+    g = agg["groups"]
+    lines = [
+        f"# Fashion-MNIST: teacher vs x4 student vs RED x4 student{' (QUICK smoke run, not a result)' if args.quick else ''}",
+        "",
+        f"`python benchmarks/fashion_mnist.py {' '.join(args.argv)}`".replace(" `", "`"),
+        "",
+        f"Quickstart configs (`configs/demo/`) with the full protocol settings: "
+        + ("a 2,000-image subset and 1 epoch (--quick)" if args.quick else "the full training split (54,000 images; "
+           "6,000 held out for validation), the full 10,000-image test set")
+        + f", {settings['teacher_epochs']} teacher epochs and {settings['student_epochs']} student epochs, batch "
+        f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; RED seed s is distilled from teacher seed s. "
+        f"Device(s): {', '.join(settings['devices'])}. Wall time of this call: {wall_s / 60:.1f} min "
+        "(reused runs cost nothing).",
+        "",
+        report.results_table(rows, markdown=True),
+        "",
+        "Test accuracy (%) of the best-validation checkpoint, mean ± sample std over seeds; peak activation memory "
+        "per image (batch 1, fp32, BatchNorm folded) of the deployed models, RED blocks included.",
+        "",
+        f"- Peak memory, teacher / RED student: x{agg['peak_reduction_live']:.2f} (live), "
+        f"x{agg['peak_reduction_layer']:.2f} (layer convention); target >= 4x: "
+        f"{'met' if min(agg['peak_reduction_live'], agg['peak_reduction_layer']) >= 4 else 'NOT met'}.",
+        "- Share of the teacher / vanilla-student gap RED recovers (from the means): "
+        + ("undefined (teacher not better than the vanilla student)" if gap is None else
+           f"**{100 * gap:.0f}%**; target >= 50%: {'met' if gap >= 0.5 else 'NOT met'}")
+        + f"; per seed: {per_seed}.",
+        f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
+        f"RED {g['red']['test_acc']}.",
+        "",
+        f"![accuracy vs peak memory]({png.name})",
+        "",
+    ]
+    md = args.results / f"{stem}.md"
+    md.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return [js, md, png]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the installed one)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (--quick: 0 1)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes per run")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=None, help="default: 0.1 * batch / 128")
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--student-epochs", type=int, default=30)
+    p.add_argument("--quick", action="store_true", help="smoke run: 2,000 images, 1 epoch, seeds 0 1")
+    p.add_argument("--configs", type=Path, default=REPO / "configs" / "demo")
+    p.add_argument("--out", type=Path, default=None, help="run directories (default: runs/fashion_mnist[_quick])")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides for every run")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.seeds is None:
+        args.seeds = [0, 1] if args.quick else [0, 1, 2]
+    if args.workers is None:
+        cores = os.cpu_count() or 1
+        args.workers = max(1, min(6, cores // max(1, args.jobs) - 1)) if cores > 2 else 0
+    if args.out is None:
+        args.out = REPO / "runs" / ("fashion_mnist_quick" if args.quick else "fashion_mnist")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from redistill.errors import UserError
+
+    start = time.perf_counter()
+    try:
+        summaries = run_protocol(args)
+    except UserError as err:
+        print(f"fashion_mnist.py: error: {err}", file=sys.stderr)
+        return 2
+    agg = aggregate(summaries, args.seeds)
+    write_results(args, agg, summaries, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
