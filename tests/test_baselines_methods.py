@@ -30,7 +30,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-
 def tiny_pair():
     torch.manual_seed(0)
     teacher = models.create_model("cifar_resnet8", num_classes=5, in_channels=1, width=4).eval()
@@ -74,6 +73,8 @@ def test_two_training_steps(name):
         assert all(p.grad is None for p in teacher.parameters())
         opt.step()
     assert seen_terms, f"{name} produced no distillation term in two steps"
+    train = pytest.importorskip("redistill.train.build")
+    assert train.pairs_to_data(distiller.method) is None or name == "red_kd"  # what run summaries record
     assert not teacher.training
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())  # BN stats too
     changed = [k for k, v in distiller.student.state_dict().items() if k in student_before and not torch.equal(v, student_before[k])]
@@ -217,3 +218,18 @@ def test_soft_targets_accepted():
     soft = torch.nn.functional.one_hot(targets, 5).float() * 0.8 + 0.04
     _, terms = distiller(images, soft)
     assert torch.isfinite(terms["dkd/tckd"])
+
+
+def test_selected_by_config_and_command_line_overrides():
+    train = pytest.importorskip("redistill.train")
+    from redistill.train.build import build_distiller
+    from redistill.train.data import DataInfo
+
+    base = {"model": {"student": "cifar_resnet8:strides=4,1,1,1", "teacher": "cifar_resnet8", "options": {"width": 4}},
+            "distill": {"method": "kd"}}
+    cfg = train.load_config(base, ["distill.method=at", "distill.options={weight: 10, p: 1}"])
+    info = DataInfo("synthetic", 5, 1, 16, (0.5,), (0.5,))
+    teacher, _ = tiny_pair()
+    distiller = build_distiller(cfg, info, teacher)
+    assert distiller.method.name == "at" and distiller.method.p == 1.0
+    assert distiller.weight_of("at/layer2") == 10.0

@@ -78,7 +78,7 @@ class FitNetMethod(InitStageMixin, LayerPairMethod):
 
     def main_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         out = {}
-        for i, (f_s, f_t) in enumerate(self.pairs(feats_s, feats_t)):
+        for i, (f_s, f_t) in enumerate(self.feature_pairs(feats_s, feats_t)):
             pred = self.regressors[i](f_s)
             with fp32(pred):
                 out[self.term_key(i)] = L.hint_loss(pred.float(), f_t.float())
@@ -108,7 +108,7 @@ class ATMethod(LayerPairMethod):
 
     def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         with fp32(logits_s):
-            pairs = self.pairs(as_fp32(feats_s), as_fp32(feats_t))
+            pairs = self.feature_pairs(as_fp32(feats_s), as_fp32(feats_t))
             return {self.term_key(i): L.at_loss(s, t, self.p) for i, (s, t) in enumerate(pairs)}
 
 
@@ -121,7 +121,7 @@ class NSTMethod(LayerPairMethod):
 
     def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         with fp32(logits_s):
-            pairs = self.pairs(as_fp32(feats_s), as_fp32(feats_t))
+            pairs = self.feature_pairs(as_fp32(feats_s), as_fp32(feats_t))
             return {self.term_key(i): L.nst_loss(s, t) for i, (s, t) in enumerate(pairs)}
 
 
@@ -147,7 +147,7 @@ class VIDMethod(LayerPairMethod):
 
     def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         with fp32(logits_s):
-            pairs = self.pairs(as_fp32(feats_s), as_fp32(feats_t))
+            pairs = self.feature_pairs(as_fp32(feats_s), as_fp32(feats_t))
             return {self.term_key(i): self.vid[i](s, t) for i, (s, t) in enumerate(pairs)}
 
 
@@ -188,7 +188,7 @@ class ABMethod(InitStageMixin, LayerPairMethod):
 
     def init_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         out = {}
-        for i, (f_s, f_t) in enumerate(self.pairs(feats_s, feats_t)):
+        for i, (f_s, f_t) in enumerate(self.feature_pairs(feats_s, feats_t)):
             g = self.connectors[i](f_s)
             with fp32(g):
                 out[self.term_key(i)] = L.ab_loss(g.float(), f_t.float(), self.margin)
@@ -306,7 +306,7 @@ class FTMethod(InitStageMixin, LayerPairMethod):
         return ["ft", "ft/reconstruction"]
 
     def main_loss(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
-        (f_s, f_t), = self.pairs(feats_s, feats_t)
+        (f_s, f_t), = self.feature_pairs(feats_s, feats_t)
         with torch.no_grad():
             factor_t = self.paraphraser.encoder(f_t)
         factor_s = self.translator(f_s)
@@ -369,8 +369,8 @@ class ReviewKDMethod(LayerPairMethod):
 
     def forward(self, feats_s, feats_t, logits_s, logits_t, targets) -> dict[str, Tensor]:
         self.counter.tick()
-        fs = [_as_map(f) for f, _ in self.pairs(feats_s, feats_t)]
-        ft = [_as_map(f) for _, f in self.pairs(feats_s, feats_t)]
+        fs = [_as_map(f) for f, _ in self.feature_pairs(feats_s, feats_t)]
+        ft = [_as_map(f) for _, f in self.feature_pairs(feats_s, feats_t)]
         outs = self.review(fs)
         with fp32(logits_s):
             return {"reviewkd": hcl_loss([o.float() for o in outs], [t.float() for t in ft])}

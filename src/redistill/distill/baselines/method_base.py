@@ -129,7 +129,7 @@ class LayerPairMethod(DistillMethod):
     def term_names(self) -> list[str]:
         return [self.term_key(i) for i in range(len(self.layers_s))]
 
-    def pairs(self, feats_s: dict[str, Tensor], feats_t: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def feature_pairs(self, feats_s: dict[str, Tensor], feats_t: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
         """Captured (student, teacher) features in layer order."""
         return [(feats_s[s], feats_t[t]) for s, t in zip(self.layers_s, self.layers_t)]
 
