@@ -165,3 +165,45 @@ def test_registry():
             register_method("_test_regressor")(Regressor)
     finally:
         _METHODS.pop("_test_regressor")
+
+
+def test_red_auto_on_a_project_model_trains_one_step():
+    models = pytest.importorskip("redistill.models")
+    torch.manual_seed(0)
+    teacher = models.create_model("cifar_resnet8", in_channels=1, num_classes=10)
+    student = models.create_model("cifar_resnet8:strides=4,1,1,1", in_channels=1, num_classes=10)
+    images, targets = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    d = Distiller(student, teacher, create_method("red", alpha=10.0), example_input=images).train()
+    assert [(p.student, p.teacher, p.side) for p in d.method.pairs] == [("conv1", "layer3.0", "out")]
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.05)
+    _, terms = d(images, targets)
+    assert set(terms) == {"ce", "red/conv1"}
+    d.total_loss(terms).backward()
+    opt.step()
+    assert isinstance(d.deployed_student().conv1, REDWrapped)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("setup_on", ["cpu", "cuda"])
+def test_red_distiller_on_cuda_with_amp_and_channels_last(setup_on):
+    torch.manual_seed(0)
+    teacher, student = tiny(1), tiny(2)
+    images, targets = _batch(8)
+    if setup_on == "cuda":
+        teacher, student, images = teacher.cuda(), student.cuda(), images.cuda()
+    pairs = [{"student": "0", "teacher": "3"}, {"student": "3", "teacher": "5", "side": "in"}]
+    d = Distiller(student, teacher, REDMethod(pairs=pairs, alpha=50.0), example_input=images)
+    d = d.cuda().to(memory_format=torch.channels_last).train()
+    assert all(p.is_cuda for p in d.student.parameters())
+    teacher_state = copy.deepcopy(d.teacher.state_dict())
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.1)
+    x = images.cuda().contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, terms = d(x, targets.cuda())
+        loss = d.total_loss(terms)
+    assert all(torch.isfinite(v) for v in terms.values()) and terms["red/0"].dtype == torch.float32
+    loss.backward()
+    opt.step()
+    for key, value in d.teacher.state_dict().items():
+        assert torch.equal(value, teacher_state[key]), key

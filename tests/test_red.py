@@ -19,6 +19,11 @@ from redistill.distill.red import (
 from redistill.errors import UserError
 
 
+def _identity_bn(bn: nn.BatchNorm2d) -> None:
+    # eval BN computes (x - mean) / sqrt(var + eps) * 1 + 0: with var = 1 - eps it is the identity
+    bn.running_var.fill_(1.0 - bn.eps)
+
+
 def _hand_block(**opts) -> REDBlock:
     """One-channel block whose convs and BNs are set so the math is easy by hand:
     gate g = sigmoid(2 x), encoder r = ReLU6(x)."""
@@ -26,12 +31,12 @@ def _hand_block(**opts) -> REDBlock:
     with torch.no_grad():
         if block.gate is not None:
             block.gate[0].weight.fill_(2.0)
-            block.gate[1].eps = 0.0  # running stats mean 0, var 1, affine identity: BN is exact identity
+            _identity_bn(block.gate[1])
         if block.encoder is not None:
             block.encoder[0].weight.zero_()
             k = block.encoder[0].kernel_size[0] // 2
             block.encoder[0].weight[0, 0, k, k] = 1.0  # centre tap only: the conv is the identity
-            block.encoder[1].eps = 0.0
+            _identity_bn(block.encoder[1])
     return block
 
 
@@ -194,3 +199,21 @@ def test_red_method_setup_inserts_blocks_and_terms_follow_the_pairs():
     assert terms["red/1"].item() == pytest.approx(red_loss(feats_s["1.red_out"], feats_t["1"]).item())
     with pytest.raises(RuntimeError, match="already"):
         method.setup(student, teacher, torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_mean_gradient_matches_autograd_and_keeps_the_layout(channels_last):
+    from redistill.distill.red import channel_mean
+
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = torch.randn(2, 3, 4, dtype=torch.float32)
+    (channel_mean(x) * w).sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    (ref.mean(dim=1).float() * w).sum().backward()
+    assert channel_mean(x).dtype == torch.float32
+    assert torch.allclose(x.grad, ref.grad)
+    assert x.grad.dtype == x.dtype
+    assert x.grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
