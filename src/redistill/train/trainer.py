@@ -215,12 +215,20 @@ class _Loop:
 
     # -------------------------------------------------------------- one epoch
 
+    def _check_finite(self, finite: torch.Tensor, names: list[str], values: torch.Tensor, step: int) -> None:
+        ok = finite.float().reshape(1)
+        if self.env.enabled:  # every process must learn of a divergence, or the others hang
+            ok = dd.all_sum(self.env, ok) / self.env.world_size
+        if float(ok) < 1.0:
+            shown = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(names, values))
+            raise _Divergence(f"loss is not finite at epoch {self.epoch + 1} step {step + 1} ({shown})")
+
     def train_epoch(self, writer) -> dict:
         cfg, env = self.cfg, self.env
         self.model.train()
         set_epoch(self.train_loader, cfg.run.seed, self.epoch)
-        sums: dict[str, float] = {}
-        seen, correct = 0, 0
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         bar = tqdm(
             self.train_loader,
@@ -229,6 +237,13 @@ class _Loop:
             leave=False,
             dynamic_ncols=True,
         )
+        # On CUDA, reading a loss back stalls the GPU queue, so the finiteness check and the
+        # logging read the device-side running values every log_every steps (and at the last
+        # step); on CPU reading is free and every step is checked before its update.
+        check_every = cfg.run.log_every if self.use_cuda else 1
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        last_step = len(self.train_loader) - 1
         for step, (images, targets) in enumerate(bar):
             images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -238,14 +253,11 @@ class _Loop:
             with autocast:
                 logits, terms = self.model(images, targets)
                 loss = self.distiller.total_loss(terms)
+            names = ["loss", *terms]
             values = torch.stack([loss.detach().float()] + [t.detach().float() for t in terms.values()])
-            if env.enabled:  # every process must learn of a divergence, or the others hang
-                finite = dd.all_sum(env, torch.isfinite(values).all().float().reshape(1)).item() == env.world_size
-            else:
-                finite = torch.isfinite(values).all()
-            if not bool(finite):
-                shown = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(["loss", *terms], values))
-                raise _Divergence(f"loss is not finite at epoch {self.epoch + 1} step {step + 1} ({shown})")
+            finite &= torch.isfinite(values).all()
+            if (step + 1) % check_every == 0 or step == last_step:
+                self._check_finite(finite, names, values, step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.optim.grad_clip is not None:
@@ -256,23 +268,26 @@ class _Loop:
             self.scheduler.step()
 
             n = len(targets)
-            for name, value in zip(["loss", *terms], values.tolist()):
+            for name, value in zip(names, values):
                 sums[name] = sums.get(name, 0.0) + value * n
             seen += n
-            correct += accuracy_count(logits.detach(), targets)
+            labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
             global_step = self.epoch * self.steps_per_epoch + step + 1
             if writer is not None and global_step % cfg.run.log_every == 0:
-                for name, value in zip(["loss", *terms], values.tolist()):
+                for name, value in zip(names, values.tolist()):
                     writer.add_scalar(f"step/{name}", value, global_step)
                 writer.add_scalar("step/lr", self.optimizer.param_groups[0]["lr"], global_step)
-            if env.is_main and cfg.run.progress:
+            if env.is_main and cfg.run.progress and (step + 1) % check_every == 0:
                 bar.set_postfix(loss=f"{values[0].item():.3f}", refresh=False)
 
         dd.average_buffers(env, self.distiller.student)
         if self.distiller.method is not None:
             dd.average_buffers(env, self.distiller.method)
         names = list(sums)
-        totals = dd.all_sum(env, torch.tensor([sums[k] for k in names] + [seen, correct], dtype=torch.float64, device=self.device))
+        local = torch.stack([sums[k].double() for k in names] + [torch.tensor(float(seen), device=self.device).double(),
+                                                               correct.double()])
+        totals = dd.all_sum(env, local)
         seen_all = float(totals[-2])
         out = {f"train/{k}": float(v) / seen_all for k, v in zip(names, totals[:-2])}
         out["train/acc"] = 100.0 * float(totals[-1]) / seen_all
