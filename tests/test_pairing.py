@@ -208,3 +208,11 @@ def test_auto_pairs_resnet18_imagenet_student():
     assert _authors("resnet18:strides=8,1,1,2,2,1", "resnet18", 224) == _stem_then_both_sides(
         ("conv1", "layer2.0"), [("layer2.0", "layer3.0"), ("layer3.0", "layer4.0")]
     )
+
+
+def test_layers_cli_bad_input_is_one_line_and_exit_2(capsys):
+    from redistill.cli.main import main
+
+    rc = main(["layers", "tests/test_pairing.py:teacher", "tests/test_pairing.py:student", "--input", "3x16x16"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "BxCxHxW" in err
