@@ -196,7 +196,9 @@ class _Loop:
         }
 
     def restore(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        # Loaded on the CPU: RNG states must stay CPU tensors; weights and optimizer state are
+        # copied to the model's device by load_state_dict.
+        state = load_checkpoint(path, map_location="cpu")
         missing = [k for k in ("epoch", "model", "optimizer", "scheduler", "scaler", "rng") if k not in state]
         if missing:
             raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot be resumed")
@@ -438,7 +440,7 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
     best = run_dir / "best.pt"
     dd.barrier(env)
     if best.is_file():
-        load_weights(loop.distiller.student, load_checkpoint(best, map_location=device)["model"], best)
+        load_weights(loop.distiller.student, load_checkpoint(best)["model"], best)
     test_best = evaluate(loop.distiller.student, loop.test_loader, device, loop.amp, loop.channels_last)
     summary: dict[str, Any] = {}
     if env.is_main:
