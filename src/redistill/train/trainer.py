@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -267,7 +268,11 @@ class _Loop:
                 nn.utils.clip_grad_norm_(list(self.distiller.trainable_parameters()), cfg.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # AMP skips the optimizer step while it calibrates its loss scale; the schedule
+                # still follows the step count, which is what torch's warning is about.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                self.scheduler.step()
 
             n = len(targets)
             for name, value in zip(names, values):
