@@ -168,7 +168,9 @@ class _Loop:
         self.model: nn.Module = self.distiller
         if env.enabled:
             ids = [device.index] if self.use_cuda else None
-            self.model = nn.parallel.DistributedDataParallel(self.distiller, device_ids=ids)
+            # Some methods leave modules idle in some steps (init-stage regressors): let DDP cope.
+            unused = self.distiller.method is not None
+            self.model = nn.parallel.DistributedDataParallel(self.distiller, device_ids=ids, find_unused_parameters=unused)
         self.optimizer = build_optimizer(cfg.optim, self.distiller.trainable_parameters())
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, cfg.run.epochs)
