@@ -44,6 +44,10 @@ def test_teacher_is_frozen_and_always_eval():
     d.eval()
     d.train(True)
     assert not d.teacher.training
+    d.apply(lambda m: m.train())  # bypasses Distiller.train; the next forward restores eval
+    bn_before = d.teacher[1].running_mean.clone()
+    d(*_batch())
+    assert not d.teacher.training and torch.equal(d.teacher[1].running_mean, bn_before)
 
 
 def test_training_step_moves_student_not_teacher():

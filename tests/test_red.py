@@ -217,3 +217,10 @@ def test_channel_mean_gradient_matches_autograd_and_keeps_the_layout(channels_la
     assert torch.allclose(x.grad, ref.grad)
     assert x.grad.dtype == x.dtype
     assert x.grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_block_on_a_parameter_free_layer_follows_the_model_dtype():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2)).double()
+    block = insert_red(model, "1", "out", example_input=torch.randn(1, 3, 8, 8))
+    assert block.channels == 4 and block.gate[0].weight.dtype == torch.float64
+    assert model(torch.randn(1, 3, 8, 8, dtype=torch.float64)).shape == (1, 4, 4, 4)

@@ -80,6 +80,8 @@ class Distiller(nn.Module):
         feats_t: dict[str, torch.Tensor] = {}
         logits_t = None
         if method is not None and self.teacher is not None and method.uses_teacher:
+            if self.teacher.training:  # someone called .train() on it directly; never learn BN stats
+                self.teacher.eval()
             with torch.no_grad(), capture(self.teacher, method.teacher_refs(), "teacher") as seen:
                 logits_t = self.teacher(images)
             feats_t = dict(seen)

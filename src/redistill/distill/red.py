@@ -160,7 +160,10 @@ def insert_red(
     if getattr(wrapper, slot) is not None:
         raise UserError(f"layer '{layer}' already has a RED block on its {side} side; list each (layer, side) once")
     block = REDBlock(channels, **options).train(target.training)
+    # A parameter-free layer (pooling) takes the device and dtype of the rest of the model.
     like = next(iter(target.parameters()), None)
+    if like is None:
+        like = next(iter(model.parameters()), None)
     if like is None and example_input is not None:
         like = example_input
     if like is not None:
