@@ -224,3 +224,22 @@ def test_block_on_a_parameter_free_layer_follows_the_model_dtype():
     block = insert_red(model, "1", "out", example_input=torch.randn(1, 3, 8, 8))
     assert block.channels == 4 and block.gate[0].weight.dtype == torch.float64
     assert model(torch.randn(1, 3, 8, 8, dtype=torch.float64)).shape == (1, 4, 4, 4)
+
+
+def test_nested_pairs_and_their_layout():
+    def nested() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Conv2d(4, 6, 3, 2, 1), nn.ReLU()))
+
+    student, teacher = nested().eval(), nested()
+    method = REDMethod(pairs=["1 -> 1", "1.0 -> 1.0"])
+    method.setup(student, teacher, torch.randn(1, 3, 8, 8))
+    # the inner layer is wrapped first, so both blocks end up where the pairs said
+    assert method.student_refs() == ["1.red_out", "1.layer.0.red_out"]
+    assert [(e["layer"], e["side"]) for e in red_layout(student)] == [("1", "out"), ("1.0", "out")]
+    fresh = apply_red_layout(nested(), red_layout(student)).eval()
+    fresh.load_state_dict(student.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(fresh(x), student(x))
+    with pytest.raises(UserError, match="w_task must be a number"):
+        REDMethod(w_task="half")

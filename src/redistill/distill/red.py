@@ -288,6 +288,9 @@ class REDMethod(DistillMethod):
 
         if distance not in DISTANCES:
             raise UserError(f"unknown RED distance '{distance}'; use one of {', '.join(DISTANCES)}")
+        for key, value in (("alpha", alpha), ("w_task", w_task), ("w_distill", w_distill)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"RED option {key} must be a number >= 0, got {value!r}")
         self.defaults = {"distance": distance, "alpha": float(alpha), "red": dict(red or {})}
         Pair("x", "x", "out", **self.defaults)  # validates the default RED options early
         self.pairs_spec = pairs if pairs == "auto" else parse_pairs(pairs, **self.defaults)
