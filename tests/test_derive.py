@@ -10,7 +10,7 @@ import torch.nn as nn
 import torchvision
 
 from redistill.errors import UserError
-from redistill.models import create_model, derive_student, model_slots, model_spec, parse_spec
+from redistill.models import create_model, derive_student, model_slots, model_spec
 
 # Every teacher/student pair of METHOD.md section 2 (classification) with its authors' resolution.
 PAIRS = [
@@ -141,7 +141,8 @@ def test_torchvision_teachers(name):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         if name.startswith("resnet"):
-            trunk_t, trunk_s = nn.Sequential(*list(teacher.children())[:-2]), nn.Sequential(*list(student.children())[:-2])
+            trunk_t = nn.Sequential(*list(teacher.children())[:-2])
+            trunk_s = nn.Sequential(*list(student.children())[:-2])
         else:
             trunk_t, trunk_s = teacher.features, student.features
         assert trunk_s(x).shape == trunk_t(x).shape

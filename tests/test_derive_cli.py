@@ -96,7 +96,7 @@ def test_cli_models_lists_families_and_slots(capsys):
     assert "did you mean" in capsys.readouterr().err
 
 
-def test_memory_accepts_family_specs(capsys):
+def test_memory_accepts_family_specs():
     from redistill.modelref import resolve_model
 
     model = resolve_model("resnext18-4-11221")

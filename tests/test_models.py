@@ -113,7 +113,9 @@ def test_spec_forms_build_the_same_model(forms):
 
 
 def test_yaml_spec_and_options_pass_through():
-    spec = yaml.safe_load("{name: resnet18, strides: [8, 1, 1, 2, 2, 1], num_classes: 10, in_channels: 1, dropout: 0.2}")
+    spec = yaml.safe_load(
+        "{name: resnet18, strides: [8, 1, 1, 2, 2, 1], num_classes: 10, in_channels: 1, dropout: 0.2}"
+    )
     model = create_model(spec)
     assert model.conv1.in_channels == 1 and model.conv1.stride == (8, 8)
     assert model.fc.out_features == 10 and isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.2

@@ -44,7 +44,8 @@ class InvertedResidual(nn.Module):
             layers += _conv_bn_act(cin, expanded, 1, 1, act)
         layers += _conv_bn_act(expanded, expanded, kernel, stride, act, groups=expanded)
         if se:
-            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8), scale_activation=nn.Hardsigmoid))
+            squeeze = make_divisible(expanded // 4, 8)
+            layers.append(SqueezeExcitation(expanded, squeeze, scale_activation=nn.Hardsigmoid))
         layers += [nn.Conv2d(expanded, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.conv = nn.Sequential(*layers)
         self.stride = stride

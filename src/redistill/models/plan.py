@@ -30,7 +30,9 @@ def parse_bytes(text: str | int) -> int:
         return text
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS:
-        raise UserError(f"malformed size '{text}': give a number with an optional unit B, kB, MB, KiB, MiB, GiB, e.g. 800KiB")
+        raise UserError(
+            f"malformed size '{text}': give a number with an optional unit B, kB, MB, KiB, MiB, GiB, e.g. 800KiB"
+        )
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 

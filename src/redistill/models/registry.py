@@ -174,12 +174,15 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", head):
         out["name"] = head
     else:
-        raise UserError(f"malformed model spec '{spec}'{did_you_mean(_family_name(head), _FAMILIES)}; give {SPEC_FORMS}")
+        close = did_you_mean(_family_name(head), _FAMILIES)
+        raise UserError(f"malformed model spec '{spec}'{close}; give {SPEC_FORMS}")
     get_family(out["name"])
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise UserError(f"malformed option '{item}' in model spec '{spec}'; give key=value, e.g. strides=8,1,1,2,2,1")
+            raise UserError(
+                f"malformed option '{item}' in model spec '{spec}'; give key=value, e.g. strides=8,1,1,2,2,1"
+            )
         out[key.strip()] = _parse_value(value.strip())
     return out
 

@@ -99,7 +99,9 @@ def set_tv_stride(model: nn.Module, slot: str, stride: int) -> None:
     if slot.startswith("layer"):  # torchvision ResNet stage: first block and its down-sample conv
         block = module[0]
         if block.downsample is None and stride != 1:
-            raise UserError(f"{slot} of this torchvision ResNet has no down-sample shortcut, so it cannot take stride {stride}")
+            raise UserError(
+                f"{slot} of this torchvision ResNet has no down-sample shortcut, so it cannot take stride {stride}"
+            )
         _set_conv_stride(_strided_conv(block), stride)
         if block.downsample is not None:
             _set_conv_stride(block.downsample[0], stride)
