@@ -74,35 +74,77 @@ def _run_one(config_path: str, overrides: list[str], run_dir: str, threads: int)
     return run_dir, summary, status, time.perf_counter() - start
 
 
-def run_protocol(args: argparse.Namespace) -> dict[str, dict]:
-    """Run every (kind, seed) run, RED runs once their teacher finished; returns summaries by run name."""
+def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None]:
+    """Run every (kind, seed) run; RED runs start once their teacher finished.
+
+    With ``args.alphas``, RED runs of the first seed try each alpha, the one with the best
+    *validation* accuracy is kept and used for the other seeds (the test set chooses nothing).
+
+    Returns:
+        (summaries by run name, with ``red_s<seed>`` naming the kept RED runs;
+        the alpha selection record or None).
+    """
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
 
-    def job(kind: str, seed: int):
-        name = f"{kind}_s{seed}"
-        return (str(args.configs / CONFIG_FILES[kind]), protocol_overrides(args, kind, seed, out), str(out / name), threads)
+    def job(kind: str, seed: int, alpha: float | None = None):
+        name = f"{kind}_s{seed}" if alpha is None else f"{kind}_a{alpha:g}_s{seed}"
+        extra = [] if alpha is None else [f"distill.options.alpha={alpha}"]
+        overrides = protocol_overrides(args, kind, seed, out) + extra
+        return str(args.configs / CONFIG_FILES[kind]), overrides, str(out / name), threads
 
     summaries: dict[str, dict] = {}
+    first = args.seeds[0]
+    sweep: dict[float, dict] = {}
+    chosen: list[float] = []  # empty until the first seed's sweep is complete
+    waiting: list[int] = []  # seeds whose teacher is ready but whose alpha is not chosen yet
     ctx = get_context("spawn")  # CUDA cannot be used in forked children
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         pending = {}
+
+        def submit(kind: str, seed: int, alpha: float | None = None) -> None:
+            pending[pool.submit(_run_one, *job(kind, seed, alpha))] = (kind, seed, alpha)
+
         # Teachers first: the RED runs wait for them.
         for kind in ("teacher", "vanilla"):
             for seed in args.seeds:
-                pending[pool.submit(_run_one, *job(kind, seed))] = (kind, seed)
+                submit(kind, seed)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                kind, seed = pending.pop(fut)
+                kind, seed, alpha = pending.pop(fut)
                 run_dir, summary, status, secs = fut.result()
                 name = Path(run_dir).name
                 summaries[name] = summary
-                print(f"{name}: {status} in {secs:.0f} s, test acc {summary['test_acc']:.2f}%", flush=True)
+                print(f"{name}: {status} in {secs:.0f} s, val acc {summary['val_acc']:.2f}%, "
+                      f"test acc {summary['test_acc']:.2f}%", flush=True)
                 if kind == "teacher":
-                    pending[pool.submit(_run_one, *job("red", seed))] = ("red", seed)
-    return summaries
+                    if not args.alphas:
+                        submit("red", seed)
+                    elif seed == first:
+                        for a in args.alphas:
+                            submit("red", seed, a)
+                    elif chosen:
+                        submit("red", seed, chosen[0])
+                    else:
+                        waiting.append(seed)
+                elif kind == "red" and alpha is not None and seed == first:
+                    sweep[alpha] = summary
+                    if len(sweep) == len(args.alphas):
+                        chosen.append(max(args.alphas, key=lambda a: sweep[a]["val_acc"]))
+                        print(f"alpha {chosen[0]:g} chosen on validation accuracy (seed {first})", flush=True)
+                        for s in waiting:
+                            submit("red", s, chosen[0])
+                if kind == "red" and (alpha is None or (chosen and alpha == chosen[0])):
+                    summaries[f"red_s{seed}"] = summary
+        if args.alphas:
+            summaries[f"red_s{first}"] = sweep[chosen[0]]
+    selection = None
+    if args.alphas:
+        selection = {"seed": first, "alphas": list(args.alphas), "chosen": chosen[0],
+                     "val_acc": {f"{a:g}": sweep[a]["val_acc"] for a in args.alphas}}
+    return summaries, selection
 
 
 def aggregate(summaries: dict[str, dict], seeds: list[int]) -> dict:
@@ -159,7 +201,7 @@ def _rows(agg: dict):
     return rows
 
 
-def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: float) -> list[Path]:
+def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: float, selection: dict | None) -> list[Path]:
     """benchmarks/results/fashion_mnist[_quick].{json,md,png}."""
     from redistill import report
 
@@ -176,7 +218,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "jobs": args.jobs, "overrides": args.overrides, "wall_s": wall_s,
         "devices": sorted({s.get("device", "?") for s in summaries.values()}),
     }
-    data = {"settings": settings, **agg, "runs": summaries}
+    data = {"settings": settings, **agg, "alpha_selection": selection, "runs": summaries}
     js = args.results / f"{stem}.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -210,6 +252,16 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         + f"; per seed: {per_seed}.",
         f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
         f"RED {g['red']['test_acc']}.",
+    ]
+    if selection is not None:
+        tried = ", ".join(f"{a}: {v:.2f}%" for a, v in selection["val_acc"].items())
+        lines.append(
+            f"- RED alpha chosen on validation accuracy of seed {selection['seed']} (the test set chose nothing): "
+            f"**{selection['chosen']:g}**; tried {tried}."
+        )
+    else:
+        lines.append("- RED alpha: the one in configs/demo/student_red.yaml (no selection).")
+    lines += [
         "",
         f"![accuracy vs peak memory]({png.name})",
         "",
@@ -231,6 +283,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="default: 0.1 * batch / 128")
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--student-epochs", type=int, default=30)
+    p.add_argument("--alphas", type=float, nargs="+", default=None,
+                   help="RED alphas to try on the first seed; the best on validation is used for all seeds")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 images, 1 epoch, seeds 0 1")
     p.add_argument("--configs", type=Path, default=REPO / "configs" / "demo")
     p.add_argument("--out", type=Path, default=None, help="run directories (default: runs/fashion_mnist[_quick])")
@@ -254,12 +308,12 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        summaries = run_protocol(args)
+        summaries, selection = run_protocol(args)
     except UserError as err:
         print(f"fashion_mnist.py: error: {err}", file=sys.stderr)
         return 2
     agg = aggregate(summaries, args.seeds)
-    write_results(args, agg, summaries, time.perf_counter() - start)
+    write_results(args, agg, summaries, time.perf_counter() - start, selection)
     return 0
 
 

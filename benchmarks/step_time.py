@@ -84,8 +84,12 @@ def make_steps(distiller, red_student, vanilla, lr: float = 0.05):
             "teacher+vanilla_student": plain_step(vanilla, opt_v)}
 
 
-def measure(steps: dict, x, y, rounds: int, steps_per_round: int, warmup: int, device) -> dict[str, list[float]]:
-    """Seconds per step, one list entry per round; the step kinds alternate every round."""
+def measure(steps: dict, x, y, rounds: int, steps_per_round: int, warmup: int, device, clock=time.perf_counter):
+    """Seconds per step, one list entry per round; the step kinds alternate every round.
+
+    ``clock`` is ``time.perf_counter`` (wall) or ``time.process_time`` (CPU time of this
+    process: on a CPU shared with other jobs, with one thread, it counts only this work).
+    """
     for fn in steps.values():
         for _ in range(warmup):
             fn(x, y)
@@ -95,11 +99,11 @@ def measure(steps: dict, x, y, rounds: int, steps_per_round: int, warmup: int, d
         order = list(steps) if r % 2 == 0 else list(reversed(steps))  # no fixed order bias
         for k in order:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(steps_per_round):
                 steps[k](x, y)
             _sync(device)
-            times[k].append((time.perf_counter() - t0) / steps_per_round)
+            times[k].append((clock() - t0) / steps_per_round)
     return times
 
 
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall time, or CPU time of this process (CPU only; use with --threads 1 on a shared machine)")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for step_time.{json,md}")
     args = p.parse_args(argv)
 
@@ -127,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch_size, *in_shape, device=device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     steps = make_steps(distiller, red_student, vanilla)
-    times = measure(steps, x, y, args.rounds, args.steps, args.warmup, device)
+    if args.clock == "process" and device.type != "cpu":
+        p.error("--clock process measures CPU work only; use --clock wall on a GPU")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    times = measure(steps, x, y, args.rounds, args.steps, args.warmup, device, clock)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     # Ratios per round (same conditions), then their median: robust to load changes.
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),
         "threads": torch.get_num_threads(),
+        "clock": args.clock,
         "torch": torch.__version__,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
@@ -159,13 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# Distillation step time",
         "",
-        f"`python benchmarks/step_time.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"),
+        "`" + " ".join(["python benchmarks/step_time.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
         "",
         f"Teacher `{args.teacher}`, student `{args.student}` with RED pairs (auto): "
         + ", ".join(f"`{s}`" for s in result["pairs"]) + ".",
         f"Input {args.input}, batch {args.batch_size}, device {result['device_name']} ({device}), "
         f"{result['threads']} threads, torch {torch.__version__}; {args.rounds} interleaved rounds of "
-        f"{args.steps} steps, medians.",
+        f"{args.steps} steps, medians; clock: "
+        + ("CPU time of the process (the machine was shared with other jobs)" if args.clock == "process" else "wall")
+        + ".",
         "",
         "| step | median ms |",
         "|---|---|",
