@@ -59,3 +59,23 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 logs
     assert summary["epochs"] == 2 and summary["best_epoch"] in (1, 2)
+
+
+@pytest.mark.slow
+def test_torchrun_cli_distills_with_red(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    teacher_cfg = tmp_path / "teacher.yaml"
+    teacher_cfg.write_text(yaml.safe_dump(CONFIG))
+    red = {**CONFIG, "model": {"student": "cifar_resnet8:strides=4,1,1,1", "options": {"width": 4},
+                               "teacher_checkpoint": str(tmp_path / "teacher")},
+           "distill": {"method": "red", "pairs": "auto"}}
+    red_cfg = tmp_path / "red.yaml"
+    red_cfg.write_text(yaml.safe_dump(red))
+    for cfg, out in ((teacher_cfg, "teacher"), (red_cfg, "red")):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "redistill", "train", str(cfg), "--out", str(tmp_path / out)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("test acc") == 1  # only rank 0 prints the summary
+    summary = json.loads((tmp_path / "red" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["method"] == "red" and summary["pairs"]
