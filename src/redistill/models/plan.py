@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from redistill.errors import UserError
 from redistill.flops import count_flops, count_params
-from redistill.models.derive import derive_student, model_slots
+from redistill.models.derive import derive_student, model_slots, plan_strides
 from redistill.models.registry import model_spec
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -127,6 +127,8 @@ def derive_for(
         raise UserError("give exactly one of a factor (e.g. --factor 4) or a budget (e.g. --budget 800KiB)")
     if convention not in ("live", "layer"):
         raise UserError(f"unknown convention '{convention}' for the budget; use live or layer")
+    if factor is not None:
+        plan_strides(model_slots(teacher), factor, drop)  # a bad factor fails before any analysis
     t = measure(teacher, input_shape, dtype, flops=factor is not None)
     if factor is not None:
         return _result(teacher, t, factor, drop, input_shape, dtype)
