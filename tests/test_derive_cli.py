@@ -77,6 +77,8 @@ def test_cli_derive_budget(capsys):
         ([*SMALL, "--factor", "2", "--drop", "layer1"], "stride 1, not 2"),
         (["cifar_resnet8:strides=4,1", "--input", "1x1x28x28", "--factor", "2"], "conv1, layer1, layer2, layer3"),
         (["cifar_resnt8", "--input", "1x1x28x28", "--factor", "2"], "did you mean"),
+        (["resnxt18-4-11221", "--input", "1x3x64x64", "--factor", "2"], "did you mean resnext18"),
+        (["resnxt18-4-11221", "--input", "1x3x64x64", "--factor", "2"], "family-<stem>-<digits>"),
         ([*SMALL, "--factor", "2", "--out", "/nonexistent/dir/s.yaml"], "does not exist"),
     ],
 )

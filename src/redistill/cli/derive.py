@@ -4,6 +4,7 @@ student (down-sampling moved to the stem), with its peak memory and FLOPs next t
 from __future__ import annotations
 
 import argparse
+import re
 
 import yaml
 
@@ -41,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def build_teacher(ref: str, in_channels: int, num_classes: int | None = None):
     """The teacher named by ``ref``; project specs take ``in_channels`` from the input shape."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if is_model_spec(ref):
+    # Spec-shaped names of unknown families get the registry's error (accepted forms, closest family).
+    if is_model_spec(ref) or re.fullmatch(r"\w+-\d+-\d+", ref) or ":strides=" in ref:
         spec = {"name": ref, "in_channels": in_channels, **kwargs}
         return create_model(spec).eval()
     from redistill.modelref import resolve_model, torchvision_names
