@@ -124,7 +124,7 @@ def test_yaml_spec_and_options_pass_through():
     assert create_model("resnet18:strides=2,2,1,2,2,2:num_classes=5").fc.out_features == 5
 
 
-@pytest.mark.parametrize("spec", ["resnext18-4-11221", "mobilenetv3_large", "cifar_resnet", "mobilenetv2:width=0.75"])
+@pytest.mark.parametrize("spec", ["resnext18-4-11221", "mobilenetv2:width=0.75", "cifar_resnet:depth=8"] + list_models())
 def test_model_spec_round_trips_through_yaml(spec):
     model = create_model(spec, num_classes=3)
     text = yaml.safe_dump(model_spec(model))

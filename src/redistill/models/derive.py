@@ -108,6 +108,9 @@ def derive_student(teacher: nn.Module, factor: int, drop: Sequence[str] | None =
     spec = getattr(teacher, "_redistill_spec", None)
     if spec is not None and spec.get("source") != "torchvision":
         student = create_model({**model_spec(teacher), "strides": strides})
+        param = next(teacher.parameters(), None)
+        if param is not None:  # same device and dtype as the teacher
+            student = student.to(device=param.device, dtype=param.dtype)
         own = student.state_dict()
         carried = {k: v for k, v in teacher.state_dict().items() if k in own and own[k].shape == v.shape}
         student.load_state_dict(carried, strict=False)
