@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from pathlib import Path
 
 import torch.nn as nn
@@ -66,24 +67,19 @@ def resolve_model(ref: str, **kwargs) -> nn.Module:
         from redistill.train.export import load_exported
 
         return load_exported(path).eval()
-    if ":" in ref and not ref.split(":", 1)[1].startswith("strides="):
-        model = _from_factory(ref)
-        return model.eval()
-    try:  # this project's families (present once the models package registers them)
-        from redistill.models import is_model_spec, create_model
-    except ImportError:
-        is_model_spec = None
-    if is_model_spec is not None and is_model_spec(ref):
+    from redistill.models import create_model, is_model_spec, list_models
+
+    if is_model_spec(ref):  # this project's families, with any spec options
         return create_model(ref, **kwargs).eval()
+    if ":" in ref:
+        return _from_factory(ref).eval()
     from torchvision import models
 
     names = torchvision_names()
     if ref not in names:
-        known = names
-        if is_model_spec is not None:
-            from redistill.models import list_models
-
-            known = sorted(set(names) | set(list_models()))
+        if re.fullmatch(r"[A-Za-z_]\w*-\d+-\d+", ref):  # authors' form of an unknown family
+            return create_model(ref, **kwargs)  # the registry's error names the closest family
+        known = sorted(set(names) | set(list_models()))
         raise UserError(
             f"unknown model '{ref}'{did_you_mean(ref, known)}; give a model name, "
             "package.module:factory or path/to/file.py:factory"
