@@ -20,6 +20,8 @@ def fill(text: str) -> str:
         name = m.group("name")
         path = ROOT / "benchmarks" / "results" / f"{name}.md"
         body = path.read_text().strip() if path.exists() else f"(not yet produced: {path.name})"
+        # A file's own title would break the README's outline: keep what follows it.
+        body = "\n".join(line for line in body.splitlines() if not line.startswith("# ")).strip()
         return f"<!-- results:{name} -->\n{body}\n<!-- /results -->"
 
     return BLOCK.sub(repl, text)
