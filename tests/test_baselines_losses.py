@@ -170,12 +170,17 @@ def test_crd_queue_and_normaliser():
     f_s, f_t = torch.randn(4, 3), torch.randn(4, 5)
     loss = crd(f_s, f_t)
     assert torch.isfinite(loss)
-    z = crd.z_s.item()
-    assert z > 0
-    # the first batch's embeddings fill queue rows 0..3, then the pointer wraps at 6
+    z_first = crd.z_s.item()
+    assert z_first > 0 and not crd.filled
+    # the first batch's embeddings fill queue rows 0..3; the second wraps the pointer at 6
     assert torch.allclose(crd.queue_s[:4], crd.embed_s(f_s).detach())
     crd(torch.randn(4, 3), torch.randn(4, 5))
-    assert crd.ptr.item() == 2 and crd.z_s.item() == z  # Z stays fixed after the first batch
+    assert crd.ptr.item() == 2 and crd.filled
+    # Z follows the data until the queue is full, then stays fixed
+    crd(torch.randn(4, 3), torch.randn(4, 5))
+    z_fixed = crd.z_s.item()
+    crd(torch.randn(4, 3) * 5, torch.randn(4, 5))
+    assert crd.z_s.item() == z_fixed != z_first
     crd.eval()
     before = crd.queue_t.clone()
     crd(f_s, f_t)

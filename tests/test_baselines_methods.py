@@ -233,3 +233,14 @@ def test_selected_by_config_and_command_line_overrides():
     distiller = build_distiller(cfg, info, teacher)
     assert distiller.method.name == "at" and distiller.method.p == 1.0
     assert distiller.weight_of("at/layer2") == 10.0
+
+
+def test_mlld_reference_batch_rescales_batch_and_class_levels():
+    from redistill.distill.baselines.logits import mlld_loss
+
+    z_s, z_t = torch.randn(8, 5), torch.randn(8, 5)
+    raw = mlld_loss(z_s, z_t, [2.0])
+    scaled = create_method("mlld", temperatures=[2.0], reference_batch=4)({}, {}, z_s, z_t, None)
+    assert torch.allclose(scaled["mlld/batch"], raw["batch"] / 2)  # (4 / 8)
+    assert torch.allclose(scaled["mlld/class"], raw["class"] / 4)  # (4 / 8)^2
+    assert torch.allclose(scaled["mlld/instance"], raw["instance"])

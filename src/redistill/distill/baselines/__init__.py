@@ -11,9 +11,9 @@ cc            pooled feature, correlation (x0.02)          linear embeddings
 vid           stage outputs, Gaussian NLL (x1)             regressors + variances
 rkd           pooled feature, distance x25 + angle x50     -
 pkt           pooled feature, similarity KL (x30000)       -
-ab            stage outputs, activation boundaries         connectors; init stage
+ab            stage outputs, activation boundaries (init)  connectors; init stage
 ft            last stage, factor L1 (x200)                 paraphraser (init stage), translator
-fsp           stem + stages, FSP matrices (x50)            init stage
+fsp           stem + stages, FSP matrices (init, x1)       init stage
 nst           stage outputs, polynomial MMD (x50)          -
 crd           pooled feature, NCE (x0.8)                   embeddings + memory queues
 reviewkd      stages + pooled feature, HCL (x1)            ABF fusion modules

@@ -7,8 +7,11 @@ teacher embedding out of ``nce_k`` negatives, and vice versa.
 The authors index a memory bank by dataset index. The :class:`Distiller` sees only
 ``(images, targets)``, so here the memory is a FIFO queue of the last ``nce_k``
 embeddings of each side (negatives drawn from recent batches instead of random dataset
-entries). The NCE objective, the normaliser Z fixed on the first batch and the noise
-probability ``1 / n_data`` are the paper's.
+entries). The NCE objective and the noise probability ``1 / n_data`` are the paper's.
+The normaliser Z is fixed once the queue holds only real embeddings (the authors fix it
+on the first batch, when their memory is random and stays mostly random for an epoch; a
+queue fills within ``nce_k / B`` steps, and a Z estimated on the random rows then
+under-normalises by orders of magnitude, which made training diverge).
 """
 
 from __future__ import annotations
@@ -64,10 +67,11 @@ class CRDLoss(nn.Module):
         self.register_buffer("queue_s", torch.rand(nce_k, feat_dim).mul_(2 * stdv).sub_(stdv))
         self.register_buffer("queue_t", torch.rand(nce_k, feat_dim).mul_(2 * stdv).sub_(stdv))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        # normalisers, fixed on the first training batch (-1: not set yet)
+        # normalisers (-1: not set yet), re-estimated every step until the queue is full
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
-        self._z_checked: dict[int, bool] = {}  # avoids a device sync per step once Z is known
+        self.register_buffer("filled", torch.tensor(False))
+        self._z_fixed = False  # mirror of `filled`, avoids a device sync per step
 
     def _scores(self, anchor: Tensor, positive: Tensor, queue: Tensor, z: Tensor) -> Tensor:
         # fp32 even under autocast: exp(cos / 0.07) reaches 1.6e6, beyond fp16
@@ -75,10 +79,11 @@ class CRDLoss(nn.Module):
             anchor, positive = anchor.float(), positive.float()
             logits = torch.cat([(anchor * positive).sum(1, keepdim=True), anchor @ queue.float().clone().T], dim=1)
             out = torch.exp(logits / self.nce_t)  # (B, 1 + K)
-            if not self._z_checked.get(id(z), False):
-                if z.item() < 0:
+            if not self._z_fixed:
+                if bool(self.filled) and z.item() > 0:
+                    self._z_fixed = True
+                else:
                     z.fill_(out.detach().mean().item() * self.n_data)
-                self._z_checked[id(z)] = True
             return out / z
 
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
@@ -98,4 +103,7 @@ class CRDLoss(nn.Module):
         idx = (self.ptr + torch.arange(e_s.shape[0], device=e_s.device)) % k
         self.queue_s.index_copy_(0, idx, e_s.to(self.queue_s.dtype))
         self.queue_t.index_copy_(0, idx, e_t.to(self.queue_t.dtype))
-        self.ptr.fill_(int((self.ptr + e_s.shape[0]) % k))
+        end = int(self.ptr) + e_s.shape[0]
+        if end >= k:
+            self.filled.fill_(True)
+        self.ptr.fill_(end % k)

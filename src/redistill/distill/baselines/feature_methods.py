@@ -211,12 +211,14 @@ class FSPMethod(InitStageMixin, LayerPairMethod):
     FSP terms ``fsp/<a>-><b>``; the main stage is cross-entropy (as in RepDistiller).
 
     Args:
-        weight: weight of each FSP term in the init stage (authors: 50).
+        weight: weight of each FSP term in the init stage. 1, as in RepDistiller's init
+            (the "-b 50" of its recipes multiplies a main-stage FSP term that is zero);
+            50 on the init terms wrecked the student in our Fashion-MNIST check.
         init_steps: inline init stage length in training steps (see :class:`InitStageMixin`).
         init_epochs: epochs of a separate pre-stage instead (RepDistiller: 30).
     """
 
-    def __init__(self, student_layers=None, teacher_layers=None, weight: float = 50.0, init_steps: int = 1000,
+    def __init__(self, student_layers=None, teacher_layers=None, weight: float = 1.0, init_steps: int = 1000,
                  init_epochs: int = 0, task_weight: float = 1.0) -> None:
         super().__init__(student_layers, teacher_layers, weight, task_weight)
         self.init_steps, self.init_epochs = int(init_steps), int(init_epochs)
