@@ -103,6 +103,8 @@ def base_config(proto: Protocol, args: argparse.Namespace) -> dict[str, Any]:
     data["workers"] = args.workers
     if args.batch_size:
         data["batch_size"] = args.batch_size
+    if args.subset:
+        data["subset"] = args.subset
     if args.quick:
         data.update({k: QUICK[k] for k in ("subset", "val_subset", "test_subset", "batch_size")})
         data["batch_size"] = args.batch_size or QUICK["batch_size"]
@@ -120,9 +122,8 @@ def plan(args: argparse.Namespace) -> tuple[Protocol, dict, list[tuple[str, int,
     base = base_config(proto, args)
     epochs = args.epochs or (QUICK["epochs"] if args.quick else proto.epochs)
     teacher_epochs = args.teacher_epochs or (QUICK["epochs"] if args.quick else proto.teacher_epochs)
-    n_train = base["data"].get("subset") or proto.train_images
-    if args.quick:
-        n_train = int(n_train * (1 - base["data"]["val_fraction"]))
+    subset = base["data"].get("subset")
+    n_train = int(subset * (1 - base["data"]["val_fraction"])) if subset else proto.train_images
     steps_per_epoch = max(1, n_train // base["data"]["batch_size"])
     runs_dir = Path(args.runs)
 
@@ -302,7 +303,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"# Distillation methods compared on {p['dataset']}",
         "",
         f"Teacher `{p['teacher']}`, student `{p['student']}` (every method, same recipe): "
-        f"{p['epochs']} epochs, batch {p['batch_size']}, {p['optim']}, {p['schedule']} schedule, "
+        f"{p['epochs']} epochs on {p.get('train_images', 'all')} training images (10% held out for validation), "
+        f"batch {p['batch_size']}, {p['optim']}, {p['schedule']} schedule, "
         f"augmentation {p['augment']}, seeds {p['seeds']}{' (QUICK smoke settings)' if p['quick'] else ''}. "
         f"Test accuracy of the checkpoint with the best validation accuracy; mean +- sample std over seeds. "
         "Peak memory: deployed student, per image, fp32 (RED blocks included; training-only modules excluded). "
@@ -399,6 +401,7 @@ def write_results(args: argparse.Namespace, proto: Protocol, t_summary: dict, su
         "epochs": any_cfg["run"]["epochs"],
         "teacher_epochs": t_summary.get("epochs"),
         "batch_size": any_cfg["data"]["batch_size"],
+        "train_images": any_cfg["data"].get("subset") or "all",
         "optim": any_cfg["optim"],
         "schedule": any_cfg["schedule"]["name"],
         "augment": any_cfg["data"]["augment"],
@@ -430,6 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: the protocol's)")
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--subset", type=int, default=None, help="use this many training images (before the val split)")
     parser.add_argument("--data-root", default=None, help="data set folder (default: the loader's)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")

@@ -17,8 +17,7 @@ BASELINES = [
     "mlld", "red_kd",
 ]
 # small memory queue for CRD; one inline init step so two steps cover both stages
-OPTIONS = {"crd": {"nce_k": 32}, "ab": {"init_steps": 1}, "fsp": {"init_steps": 1}, "ft": {"init_steps": 1},
-           "fitnet": {"hint_steps": 1}}
+OPTIONS = {"crd": {"nce_k": 32}, "ab": {"init_steps": 1}, "fsp": {"init_steps": 1}, "ft": {"init_steps": 1}}
 
 
 @pytest.fixture(autouse=True)

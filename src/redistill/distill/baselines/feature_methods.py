@@ -34,15 +34,15 @@ class FitNetMethod(InitStageMixin, LayerPairMethod):
 
     Default hint: the middle stage (RepDistiller's ``hint_layer=2`` on ResNets). By
     default the hint is trained jointly with the cross-entropy from the start, as in
-    RepDistiller; ``hint_steps`` / ``hint_epochs`` add FitNets' first stage, in which the
-    student up to the guided layer and the regressor learn the hint before the main stage.
+    RepDistiller; ``hint_epochs`` adds FitNets' first stage as a pre-stage
+    (:class:`~redistill.distill.base.PreStage`) in which only the student up to the
+    guided layer and the regressor learn the hint (for trainers that run pre-stages;
+    an inline variant would equal the joint loss, the cross-entropy weight being fixed).
 
     Args:
         student_layers / teacher_layers: one ref each (the guided and the hint layer).
         weight: weight of the ``fitnet/<layer>`` term (authors: 100).
-        hint_steps: inline hint stage: the first N training steps (the hint term weighs
-            the same in both stages, so inline this only matters for a trainer's logs).
-        hint_epochs: the hint stage as a separate pre-stage (trainers that run them).
+        hint_epochs: epochs of the hint pre-stage (0: none).
         task_weight: weight of the cross-entropy.
     """
 
@@ -51,12 +51,11 @@ class FitNetMethod(InitStageMixin, LayerPairMethod):
         student_layers: Sequence[str] | None = None,
         teacher_layers: Sequence[str] | None = None,
         weight: float = 100.0,
-        hint_steps: int = 0,
         hint_epochs: int = 0,
         task_weight: float = 1.0,
     ) -> None:
         super().__init__(student_layers, teacher_layers, weight, task_weight)
-        self.init_steps, self.init_epochs = int(hint_steps), int(hint_epochs)
+        self.init_epochs = int(hint_epochs)
         self.counter = StepCounter()
         self.regressors = nn.ModuleList()
 
