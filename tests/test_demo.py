@@ -156,3 +156,18 @@ def test_real_demo_fits_in_15_minutes(tmp_path):
     rows = {r.name: r for r in result.rows}
     assert rows["teacher"].peak_live / rows["red"].peak_live >= 3.9
     assert rows["teacher"].acc > 0.8 and rows["vanilla"].acc > 0.7 and rows["red"].acc > 0.7
+
+
+def test_run_stage_restarts_a_run_that_never_checkpointed(tmp_path):
+    """A run that failed before its first checkpoint (e.g. wrong data path) is no reason to refuse."""
+    from redistill.demo import run_stage
+    from redistill.train import load_config
+
+    cdir = _write_configs(tmp_path)
+    cfg = load_config(cdir / "student_vanilla.yaml")
+    run_dir = tmp_path / "vanilla"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"data": {"root": "/nonexistent"}}))
+    summary, status = run_stage("vanilla", cfg, run_dir)
+    assert status == "trained" and (run_dir / "last.pt").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["name"] == "synthetic"

@@ -41,7 +41,8 @@ class DemoOptions:
         overrides: dotted ``key=value`` overrides applied to all three configs
             (e.g. ``data.subset=2000``, ``run.epochs=1``, ``run.device=cuda``).
         overwrite: retrain every run even when a finished one exists.
-        progress: show progress bars and stage lines.
+        progress: show progress bars (stage lines are always printed).
+        threads: torch CPU threads (None: torch's default, all cores).
     """
 
     out: Path = Path("demo_out")
@@ -49,6 +50,7 @@ class DemoOptions:
     overrides: list[str] = field(default_factory=list)
     overwrite: bool = False
     progress: bool = True
+    threads: int | None = None
 
 
 @dataclass
@@ -161,7 +163,8 @@ def run_stage(name: str, cfg, run_dir: Path, overwrite: bool = False) -> tuple[d
     from redistill.train import run_training
 
     stored = run_dir / "config.yaml"
-    if not overwrite and stored.is_file():
+    # Only a directory where something was trained (a checkpoint) is worth keeping.
+    if not overwrite and stored.is_file() and (run_dir / "last.pt").is_file():
         diffs = config_differences(cfg.to_dict(), yaml.safe_load(stored.read_text()) or {})
         if diffs:
             raise UserError(
@@ -173,8 +176,7 @@ def run_stage(name: str, cfg, run_dir: Path, overwrite: bool = False) -> tuple[d
             summary = json.loads(summary_path.read_text())
             if summary.get("epochs") == cfg.run.epochs:
                 return summary, "reused"
-        if (run_dir / "last.pt").is_file():
-            return run_training(cfg, run_dir, resume=True), "resumed"
+        return run_training(cfg, run_dir, resume=True), "resumed"
     # Nothing worth keeping (or --overwrite): start over.
     used = run_dir.exists() and any(run_dir.iterdir())
     return run_training(cfg, run_dir, overwrite=used), "trained"
@@ -329,8 +331,18 @@ def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], Non
     """
     from redistill.memory import analyze_memory, plot_reports
 
+    import os
+
+    import torch
+
     opts = opts or DemoOptions()
     start = time.perf_counter()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if opts.threads is None and torch.get_num_threads() > 1 and load >= cores:
+        # Several threads on cores other jobs also use wait for each other at every op (10x slower).
+        _say(opts, f"note: the machine is busy (load {load:.1f} on {cores} cores); if training is slow, use --threads 1")
     out = Path(opts.out)
     cfgs = load_demo_configs(opts)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,9 +352,11 @@ def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], Non
         # A RED run distilled from an older teacher is stale once the teacher is retrained.
         overwrite = opts.overwrite or (name == "red" and statuses.get("teacher") != "reused")
         _say(opts, f"[{i}/{len(STAGES)}] {name}: {what} -> {run_dir}")
+        t0 = time.perf_counter()
         summaries[name], statuses[name] = run_stage(name, cfgs[name], run_dir, overwrite=overwrite)
         s = summaries[name]
-        _say(opts, f"[{i}/{len(STAGES)}] {name}: {statuses[name]}, test acc {s['test_acc']:.2f}%")
+        _say(opts, f"[{i}/{len(STAGES)}] {name}: {statuses[name]} in {time.perf_counter() - t0:.0f} s, "
+                   f"test acc {s['test_acc']:.2f}%")
         if on_stage is not None:
             on_stage(name, statuses[name])
 

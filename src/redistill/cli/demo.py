@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from redistill.errors import UserError
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -27,6 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="retrain all runs instead of reusing them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads (default: all cores; 1 is faster on a machine busy with other jobs)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value",
         help="config overrides applied to all three runs, e.g. run.epochs=2 data.subset=5000",
     )
@@ -48,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        threads=args.threads,
     )
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     result = run_demo(opts)
     print()
     print(result.table)
