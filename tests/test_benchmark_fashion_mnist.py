@@ -1,0 +1,69 @@
+"""benchmarks/fashion_mnist.py: protocol settings, aggregation over seeds and the results files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_mnist.py"
+
+
+@pytest.fixture(scope="module")
+def fm():
+    spec = importlib.util.spec_from_file_location("fashion_mnist_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(kind: str, acc: float, val: float) -> dict:
+    student = kind != "teacher"
+    return {
+        "model": {"name": "cifar_resnet20", "strides": [4, 1, 1, 1] if student else [1, 1, 2, 2]},
+        "test_acc": acc,
+        "val_acc": val,
+        "peak_bytes_live": 37_632 if student else 150_528,
+        "peak_bytes_layer": 37_632 if student else 150_528,
+        "params": 274_810 if kind == "red" else 272_186,
+        "flops": 26_000_000 if student else 62_000_000,
+        "epochs": 20,
+        "train_time_s": 10.0,
+        "device": "cpu",
+        "pairs": [{"student": "conv1", "teacher": "layer3.0", "side": "out"}] if kind == "red" else None,
+    }
+
+
+def test_protocol_overrides(fm, tmp_path):
+    args = fm.parse_args(["--device", "cuda", "--batch-size", "256", "--data-root", "/d"])
+    assert args.seeds == [0, 1, 2] and args.teacher_epochs == 20
+    ov = fm.protocol_overrides(args, "red", 2, tmp_path)
+    assert "data.subset=null" in ov and "run.seed=2" in ov and "optim.lr=0.2" in ov
+    assert "data.root=/d" in ov and f"model.teacher_checkpoint={tmp_path / 'teacher_s2'}" in ov
+    quick = fm.parse_args(["--quick"])
+    assert quick.seeds == [0, 1] and "run.epochs=1" in fm.protocol_overrides(quick, "teacher", 0, tmp_path)
+    assert not any(o.startswith("model.teacher_checkpoint") for o in fm.protocol_overrides(quick, "vanilla", 0, tmp_path))
+
+
+def test_aggregate_and_results(fm, tmp_path):
+    accs = {"teacher": [93.0, 93.4, 92.6], "vanilla": [90.0, 90.2, 89.8], "red": [91.6, 91.9, 91.3]}
+    summaries = {f"{k}_s{s}": _summary(k, a, a + 0.1) for k, v in accs.items() for s, a in enumerate(v)}
+    agg = fm.aggregate(summaries, [0, 1, 2])
+    assert agg["groups"]["teacher"]["test_acc_mean"] == pytest.approx(93.0)
+    assert agg["groups"]["red"]["test_acc_std"] == pytest.approx(0.3)
+    assert agg["gap_recovered"] == pytest.approx((91.6 - 90.0) / (93.0 - 90.0))
+    assert agg["gap_recovered_per_seed"][1] == pytest.approx((91.9 - 90.2) / (93.4 - 90.2))
+    assert agg["peak_reduction_live"] == pytest.approx(4.0)
+
+    args = fm.parse_args(["--results", str(tmp_path)])
+    selection = {"seed": 0, "alphas": [1.0, 10.0], "chosen": 10.0, "val_acc": {"1": 91.0, "10": 91.7}}
+    js, md, png = fm.write_results(args, agg, summaries, 60.0, selection)
+    text = md.read_text()
+    assert "**53%**" in text and "target >= 50%: met" in text
+    assert "x4.00 (live)" in text and "**10**" in text
+    assert "| red | cifar_resnet20 [4,1,1,1] | 91.60 ± 0.30 |" in text
+    data = json.loads(js.read_text())
+    assert data["alpha_selection"]["chosen"] == 10.0 and len(data["runs"]) == 9
+    assert png.read_bytes()[:4] == b"\x89PNG"
