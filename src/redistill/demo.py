@@ -69,7 +69,11 @@ class DemoResult:
 
 # Settings that change how a run is executed or shown, not what it learns: a finished run
 # is reused even when they differ.
-_IGNORED_KEYS = {"run.device", "run.progress", "run.log_every", "data.workers", "data.eval_batch_size"}
+_IGNORED_KEYS = {
+    "run.device", "run.progress", "run.log_every", "data.workers", "data.eval_batch_size",
+    # The demo points this at <out>/teacher itself; a moved output directory stays reusable.
+    "model.teacher_checkpoint",
+}
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
