@@ -64,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
     print()
     if result.gap_recovered is not None:
         print(f"RED recovers {100 * result.gap_recovered:.0f}% of the teacher / vanilla-student accuracy gap.")
-    print(f"report: {result.report_path}")
+    print(f"report: {result.report_path} ({result.seconds / 60:.1f} min; reused: {', '.join(result.reused) or 'none'})")
     return 0
