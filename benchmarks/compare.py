@@ -283,7 +283,7 @@ def aggregate(t_summary: dict, summaries: list[dict], methods: list[str]) -> dic
         if vanilla and red:
             gap = t_summary["test_acc"] - vanilla["acc_mean"]
             verdict["red_gap_recovered"] = (red["acc_mean"] - vanilla["acc_mean"]) / gap if gap > 0 else None
-    teacher = {k: t_summary.get(k) for k in ("model", "test_acc", "peak_bytes_live", "peak_bytes_layer", "params", "flops", "epochs")}
+    teacher = {k: t_summary.get(k) for k in ("model", "test_acc", "peak_bytes_live", "peak_bytes_layer", "params", "flops", "epochs", "device")}
     return {"teacher": teacher, "methods": rows, "verdict": verdict}
 
 
@@ -305,7 +305,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Teacher `{p['teacher']}`, student `{p['student']}` (every method, same recipe): "
         f"{p['epochs']} epochs on {p.get('train_images', 'all')} training images (10% held out for validation), "
         f"batch {p['batch_size']}, {p['optim']}, {p['schedule']} schedule, "
-        f"augmentation {p['augment']}, seeds {p['seeds']}{' (QUICK smoke settings)' if p['quick'] else ''}. "
+        f"augmentation {p['augment']}, seeds {p['seeds']}{' (QUICK smoke settings)' if p['quick'] else ''}, "
+        f"device {', '.join(p.get('device') or ['?'])}; teacher: {p.get('teacher_epochs')} epochs, seed 0, "
+        f"on {t.get('device') or '?'}. "
         f"Test accuracy of the checkpoint with the best validation accuracy; mean +- sample std over seeds. "
         "Peak memory: deployed student, per image, fp32 (RED blocks included; training-only modules excluded). "
         "Time ratio: mean training time / vanilla student's"
@@ -357,22 +359,31 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.plot(t["peak_bytes_live"] / 1024, t["test_acc"], "s", color="black", label="teacher")
         ax.annotate("teacher", (t["peak_bytes_live"] / 1024, t["test_acc"]), xytext=(6, -4), textcoords="offset points")
     rows = [r for r in result["methods"] if r.get("peak_bytes_live")]
-    for r in rows:
+    # a diverged method would squash the others into one pixel row: list it instead
+    vanilla = next((r["acc_mean"] for r in rows if r["method"] == "vanilla"), None)
+    floor = (vanilla - 15) if vanilla is not None else -math.inf
+    shown = [r for r in rows if r["acc_mean"] >= floor]
+    hidden = [r for r in rows if r["acc_mean"] < floor]
+    for r in shown:
         red = r["method"] in ("red", "red_kd")
         color = "C3" if red else ("C7" if r["method"] == "vanilla" else "C0")
         ax.errorbar(r["peak_bytes_live"] / 1024, r["acc_mean"], yerr=r["acc_std"], fmt="o", capsize=3, color=color,
                     markersize=7 if red else 5)
-    # students share (almost) one peak: spread the labels vertically in accuracy order
-    if rows:
-        ordered = sorted(rows, key=lambda r: r["acc_mean"])
-        lo, hi = ordered[0]["acc_mean"], ordered[-1]["acc_mean"]
+    # students share (almost) one peak: spread the labels over the plot in accuracy order
+    if shown:
+        ordered = sorted(shown, key=lambda r: r["acc_mean"])
+        top = t["test_acc"] if t.get("test_acc") is not None else ordered[-1]["acc_mean"]
+        lo, hi = ordered[0]["acc_mean"], top
         step = (hi - lo) / max(1, len(ordered) - 1)
         for i, r in enumerate(ordered):
             x = r["peak_bytes_live"] / 1024
             label = {"red": "RED", "red_kd": "RED + KD"}.get(r["method"], r["method"])
-            ax.annotate(label, (x, r["acc_mean"]), xytext=(x * 1.35, lo + i * step), fontsize=8,
-                        arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.6},
+            ax.annotate(f"{label} {r['acc_mean']:.1f}", (x, r["acc_mean"]), xytext=(x * 1.35, lo + i * step),
+                        fontsize=8, arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.6},
                         color="C3" if r["method"] in ("red", "red_kd") else "black", va="center")
+    if hidden:
+        note = "below the axis: " + ", ".join(f"{r['method']} {r['acc_mean']:.1f}%" for r in hidden)
+        ax.text(0.98, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
     ax.set_xscale("log")
     ax.set_xlabel("peak activation memory per image, deployed model (KiB, live convention, log scale)")
     ax.set_ylabel("test accuracy (%)")
