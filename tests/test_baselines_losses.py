@@ -16,15 +16,6 @@ from redistill.distill.baselines.review import hcl_loss
 LN3, LN2 = math.log(3.0), math.log(2.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention (10-100x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def t(*rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)

@@ -20,15 +20,6 @@ BASELINES = [
 OPTIONS = {"crd": {"nce_k": 32}, "ab": {"init_steps": 1}, "fsp": {"init_steps": 1}, "ft": {"init_steps": 1}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention (10-100x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_pair():
     torch.manual_seed(0)
     teacher = models.create_model("cifar_resnet8", num_classes=5, in_channels=1, width=4).eval()

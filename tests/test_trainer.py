@@ -30,16 +30,6 @@ def tiny(*overrides: str):
     return load_config(TINY, list(overrides))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions run fastest single-threaded, and much faster when other test processes
-    # share the CPU cores; the SIGKILL child below gets the same setting so results compare exactly.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "teacher"
