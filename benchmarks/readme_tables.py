@@ -21,7 +21,9 @@ def fill(text: str) -> str:
         path = ROOT / "benchmarks" / "results" / f"{name}.md"
         body = path.read_text().strip() if path.exists() else f"(not yet produced: {path.name})"
         # A file's own title would break the README's outline: keep what follows it.
-        body = "\n".join(line for line in body.splitlines() if not line.startswith("# ")).strip()
+        lines = [line for line in body.splitlines() if not line.startswith("# ")]
+        lines = [f"**{line[3:].strip()}**" if line.startswith("## ") else line for line in lines]
+        body = "\n".join(lines).strip()
         return f"<!-- results:{name} -->\n{body}\n<!-- /results -->"
 
     return BLOCK.sub(repl, text)
