@@ -136,17 +136,19 @@ def analyze_memory(
         modules=_module_summary(trace, plan, traced_model),
     )
     if measure:
-        report.measured = measure_report(traced_model, trace, live, eager, inputs, elem)
+        fp32 = live if elem == 4 else liveness.plan_live(trace, 4, inplace_depthwise, inplace_add)
+        report.measured = measure_report(traced_model, trace, live, eager, inputs, elem, fp32)
     return report
 
 
 def measure_report(model: nn.Module, trace: Trace, live: liveness.Plan, eager: liveness.Plan,
-                   inputs: tuple[torch.Tensor, ...], elem: int) -> dict:
-    """Measured peaks next to the predictions (see :mod:`redistill.memory.replay`)."""
+                   inputs: tuple[torch.Tensor, ...], elem: int, fp32_live: liveness.Plan) -> dict:
+    """Measured peaks next to the predictions (see :mod:`redistill.memory.replay`).
+
+    The allocator runs the model in fp32, so its excess is taken over ``fp32_live``.
+    """
     live_measured = replay.replay(trace, live, inputs, elem)
     eager_measured = replay.measure_eager(model, inputs, elem)
-    fp32_live = liveness.plan_live(trace, 4, bool(live.dw_inplace), bool(
-        [m for m in live.add_mode.values() if m != "fresh"]))
     alloc = replay.allocator_peak_cpu(trace, live, inputs)
     return {
         "live_boundary_peak": max(live_measured, default=0),
