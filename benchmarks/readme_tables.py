@@ -24,6 +24,8 @@ def fill(text: str) -> str:
         lines = [line for line in body.splitlines() if not line.startswith("# ")]
         lines = [f"**{line[3:].strip()}**" if line.startswith("## ") else line for line in lines]
         body = "\n".join(lines).strip()
+        # Relative links in a result file point next to it; from README.md they need the folder.
+        body = re.sub(r"\]\((?!https?:|/|#)([^)]+)\)", r"](benchmarks/results/\1)", body)
         return f"<!-- results:{name} -->\n{body}\n<!-- /results -->"
 
     return BLOCK.sub(repl, text)
