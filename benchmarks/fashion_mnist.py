@@ -28,10 +28,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 KINDS = ("teacher", "vanilla", "red")
-CONFIG_FILES = {"teacher": "teacher.yaml", "vanilla": "student_vanilla.yaml", "red": "student_red.yaml"}
+RED_KINDS = ("red", "red_kd")  # distilled from the teacher, RED blocks in the deployed student
+CONFIG_FILES = {"teacher": "teacher.yaml", "vanilla": "student_vanilla.yaml", "red": "student_red.yaml",
+                "red_kd": "student_red.yaml"}
 
 
-def protocol_overrides(args: argparse.Namespace, kind: str, seed: int, out: Path) -> list[str]:
+def kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """Groups reported: teacher, vanilla, RED (and RED + KD with ``--red-kd``)."""
+    return KINDS + (("red_kd",) if args.red_kd else ())
+
+
+def teacher_dir(args: argparse.Namespace, seed: int) -> Path:
+    """The teacher run distilled by the students of ``seed``."""
+    return args.teacher if args.teacher is not None else args.out / f"teacher_s{seed}"
+
+
+def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[str]:
     """Dotted overrides turning a quickstart config into one run of the protocol."""
     if args.quick:
         subset, val_subset, test_subset = 2000, 500, 2000
@@ -55,8 +67,12 @@ def protocol_overrides(args: argparse.Namespace, kind: str, seed: int, out: Path
     ]
     if args.data_root:
         ov.append(f"data.root={args.data_root}")
-    if kind == "red":
-        ov.append(f"model.teacher_checkpoint={out / f'teacher_s{seed}'}")
+    if kind != "teacher" and args.student:
+        ov.append(f"model.student={args.student}")
+    if kind in RED_KINDS:
+        ov.append(f"model.teacher_checkpoint={teacher_dir(args, seed)}")
+    if kind == "red_kd":
+        ov.append("distill.method=red_kd")
     return ov + list(args.overrides)
 
 
@@ -74,31 +90,44 @@ def _run_one(config_path: str, overrides: list[str], run_dir: str, threads: int)
     return run_dir, summary, status, time.perf_counter() - start
 
 
+def shared_teacher(path: Path) -> dict:
+    """The summary of a finished teacher run given with ``--teacher``."""
+    from redistill.errors import UserError
+
+    summary = path / "summary.json"
+    if not summary.is_file() or not (path / "best.pt").is_file():
+        raise UserError(f"--teacher {path}: no finished run there (summary.json and best.pt are needed); "
+                        "train it first or drop --teacher")
+    return json.loads(summary.read_text())
+
+
 def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None]:
     """Run every (kind, seed) run; RED runs start once their teacher finished.
 
     With ``args.alphas``, RED runs of the first seed try each alpha, the one with the best
-    *validation* accuracy is kept and used for the other seeds (the test set chooses nothing).
+    *validation* accuracy is kept and used for the other seeds (the test set chooses nothing);
+    RED + KD runs use the alpha chosen for RED.
 
     Returns:
-        (summaries by run name, with ``red_s<seed>`` naming the kept RED runs;
-        the alpha selection record or None).
+        (summaries by run name, with ``red_s<seed>`` naming the kept RED runs and
+        ``teacher_s<seed>`` the teacher each seed used; the alpha selection record or None).
     """
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    red_kinds = [k for k in kinds(args) if k in RED_KINDS]
 
     def job(kind: str, seed: int, alpha: float | None = None):
         name = f"{kind}_s{seed}" if alpha is None else f"{kind}_a{alpha:g}_s{seed}"
         extra = [] if alpha is None else [f"distill.options.alpha={alpha}"]
-        overrides = protocol_overrides(args, kind, seed, out) + extra
+        overrides = protocol_overrides(args, kind, seed) + extra
         return str(args.configs / CONFIG_FILES[kind]), overrides, str(out / name), threads
 
     summaries: dict[str, dict] = {}
     first = args.seeds[0]
     sweep: dict[float, dict] = {}
     chosen: list[float] = []  # empty until the first seed's sweep is complete
-    waiting: list[int] = []  # seeds whose teacher is ready but whose alpha is not chosen yet
+    ready: list[int] = []  # seeds whose teacher is ready
     ctx = get_context("spawn")  # CUDA cannot be used in forked children
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         pending = {}
@@ -106,10 +135,33 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
         def submit(kind: str, seed: int, alpha: float | None = None) -> None:
             pending[pool.submit(_run_one, *job(kind, seed, alpha))] = (kind, seed, alpha)
 
-        # Teachers first: the RED runs wait for them.
-        for kind in ("teacher", "vanilla"):
+        def distill(seed: int) -> None:
+            """Submit the distilled runs of ``seed`` that can start now."""
+            if not args.alphas:
+                for kind in red_kinds:
+                    submit(kind, seed)
+            elif seed == first:
+                for a in args.alphas:
+                    submit("red", seed, a)
+            elif chosen:
+                for kind in red_kinds:
+                    submit(kind, seed, chosen[0])
+
+        if args.teacher is not None:
+            teacher = shared_teacher(args.teacher)
             for seed in args.seeds:
-                submit(kind, seed)
+                summaries[f"teacher_s{seed}"] = teacher
+            print(f"teacher: {args.teacher} (val acc {teacher['val_acc']:.2f}%, test acc "
+                  f"{teacher['test_acc']:.2f}%), shared by every seed", flush=True)
+        else:
+            for seed in args.seeds:  # teachers first: the RED runs wait for them
+                submit("teacher", seed)
+        for seed in args.seeds:
+            submit("vanilla", seed)
+        if args.teacher is not None:
+            for seed in args.seeds:
+                ready.append(seed)
+                distill(seed)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -120,26 +172,21 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
                 print(f"{name}: {status} in {secs:.0f} s, val acc {summary['val_acc']:.2f}%, "
                       f"test acc {summary['test_acc']:.2f}%", flush=True)
                 if kind == "teacher":
-                    if not args.alphas:
-                        submit("red", seed)
-                    elif seed == first:
-                        for a in args.alphas:
-                            submit("red", seed, a)
-                    elif chosen:
-                        submit("red", seed, chosen[0])
-                    else:
-                        waiting.append(seed)
+                    ready.append(seed)
+                    distill(seed)
                 elif kind == "red" and alpha is not None and seed == first:
                     sweep[alpha] = summary
                     if len(sweep) == len(args.alphas):
                         chosen.append(max(args.alphas, key=lambda a: sweep[a]["val_acc"]))
                         print(f"alpha {chosen[0]:g} chosen on validation accuracy (seed {first})", flush=True)
-                        for s in waiting:
-                            submit("red", s, chosen[0])
-                if kind == "red" and (alpha is None or (chosen and alpha == chosen[0])):
-                    summaries[f"red_s{seed}"] = summary
-        if args.alphas:
-            summaries[f"red_s{first}"] = sweep[chosen[0]]
+                        summaries[f"red_s{first}"] = sweep[chosen[0]]
+                        for k in red_kinds[1:]:
+                            submit(k, first, chosen[0])
+                        for s in ready:
+                            if s != first:
+                                distill(s)
+                if kind in RED_KINDS and (alpha is None or (chosen and alpha == chosen[0])):
+                    summaries[f"{kind}_s{seed}"] = summary
     selection = None
     if args.alphas:
         selection = {"seed": first, "alphas": list(args.alphas), "chosen": chosen[0],
@@ -147,13 +194,17 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
     return summaries, selection
 
 
-def aggregate(summaries: dict[str, dict], seeds: list[int]) -> dict:
-    """Mean +- std per kind, per-seed gap shares and the gap share of the means."""
+def aggregate(summaries: dict[str, dict], seeds: list[int], groups_: tuple[str, ...] = KINDS,
+              shared_teacher: bool = False) -> dict:
+    """Mean +- std per kind, per-seed gap shares and the gap share of the means.
+
+    With ``shared_teacher`` every seed used one teacher run, counted once.
+    """
     from redistill import report
 
     groups = {}
-    for kind in KINDS:
-        runs = [summaries[f"{kind}_s{s}"] for s in seeds]
+    for kind in groups_:
+        runs = [summaries[f"{kind}_s{s}"] for s in (seeds[:1] if kind == "teacher" and shared_teacher else seeds)]
         acc_mean, acc_std = report.mean_std([r["test_acc"] for r in runs])
         val_mean, val_std = report.mean_std([r["val_acc"] for r in runs if r.get("val_acc") is not None] or [float("nan")])
         groups[kind] = {
@@ -169,18 +220,21 @@ def aggregate(summaries: dict[str, dict], seeds: list[int]) -> dict:
             "flops": runs[0]["flops"],
             "epochs": runs[0]["epochs"],
             "train_time_s_mean": report.mean_std([r["train_time_s"] for r in runs])[0],
+            "device": runs[0].get("device"),
             "pairs": runs[0].get("pairs"),
         }
-    per_seed = [
-        report.gap_recovered(summaries[f"teacher_s{s}"]["test_acc"], summaries[f"vanilla_s{s}"]["test_acc"],
-                             summaries[f"red_s{s}"]["test_acc"])
-        for s in seeds
-    ]
-    t, v, r = (groups[k]["test_acc_mean"] for k in KINDS)
+    t, v = groups["teacher"]["test_acc_mean"], groups["vanilla"]["test_acc_mean"]
+    distilled = [k for k in groups_ if k in RED_KINDS]
     return {
         "groups": groups,
-        "gap_recovered": report.gap_recovered(t, v, r),
-        "gap_recovered_per_seed": per_seed,
+        "gap_recovered": report.gap_recovered(t, v, groups["red"]["test_acc_mean"]),
+        "gap_recovered_per_seed": [
+            report.gap_recovered(summaries[f"teacher_s{s}"]["test_acc"], summaries[f"vanilla_s{s}"]["test_acc"],
+                                 summaries[f"red_s{s}"]["test_acc"])
+            for s in seeds
+        ],
+        "gap_recovered_by_group": {k: report.gap_recovered(t, v, groups[k]["test_acc_mean"]) for k in distilled},
+        "shared_teacher": shared_teacher,
         "peak_reduction_live": groups["teacher"]["peak_bytes_live"] / groups["red"]["peak_bytes_live"],
         "peak_reduction_layer": groups["teacher"]["peak_bytes_layer"] / groups["red"]["peak_bytes_layer"],
     }
@@ -191,8 +245,7 @@ def _rows(agg: dict):
     from redistill.demo import result_row
 
     rows = []
-    for kind in KINDS:
-        g = agg["groups"][kind]
+    for kind, g in agg["groups"].items():
         row = result_row(kind, {"model": g["model"], "test_acc": g["test_acc_mean"], "peak_bytes_live": g["peak_bytes_live"],
                                 "peak_bytes_layer": g["peak_bytes_layer"], "params": g["params"], "flops": g["flops"]})
         row.acc_std = g["test_acc_std"] / 100.0
@@ -201,11 +254,16 @@ def _rows(agg: dict):
     return rows
 
 
+def results_stem(args: argparse.Namespace) -> str:
+    """``fashion_mnist[_<tag>][_quick]``: the name of the results files and default run folder."""
+    return "fashion_mnist" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
+
+
 def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: float, selection: dict | None) -> list[Path]:
     """benchmarks/results/fashion_mnist[_quick].{json,md,png}."""
     from redistill import report
 
-    stem = "fashion_mnist_quick" if args.quick else "fashion_mnist"
+    stem = results_stem(args)
     args.results.mkdir(parents=True, exist_ok=True)
     rows = _rows(agg)
     png = report.plot_accuracy_vs_memory(
@@ -215,6 +273,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
     settings = {
         "quick": args.quick, "seeds": args.seeds, "batch_size": args.batch_size, "device": args.device,
         "teacher_epochs": agg["groups"]["teacher"]["epochs"], "student_epochs": agg["groups"]["red"]["epochs"],
+        "teacher": None if args.teacher is None else str(args.teacher), "student": args.student,
         "jobs": args.jobs, "overrides": args.overrides, "wall_s": wall_s,
         "devices": sorted({s.get("device", "?") for s in summaries.values()}),
     }
@@ -226,7 +285,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
     per_seed = ", ".join("-" if g is None else f"{100 * g:.0f}%" for g in agg["gap_recovered_per_seed"])
     g = agg["groups"]
     lines = [
-        f"# Fashion-MNIST: teacher vs x4 student vs RED x4 student{' (QUICK smoke run, not a result)' if args.quick else ''}",
+        f"# Fashion-MNIST: teacher vs vanilla student vs RED student{' (QUICK smoke run, not a result)' if args.quick else ''}",
         "",
         f"`python benchmarks/fashion_mnist.py {' '.join(args.argv)}`".replace(" `", "`"),
         "",
@@ -234,8 +293,11 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         + ("a 2,000-image subset and 1 epoch (--quick)" if args.quick else "the full training split (54,000 images; "
            "6,000 held out for validation), the full 10,000-image test set")
         + f", {settings['teacher_epochs']} teacher epochs and {settings['student_epochs']} student epochs, batch "
-        f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; RED seed s is distilled from teacher seed s. "
-        f"Device(s): {', '.join(settings['devices'])}. Wall time of this call: {wall_s / 60:.1f} min "
+        f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; "
+        + (f"one teacher run (`{args.teacher}`, trained on {g['teacher']['device']}) is distilled by every seed. "
+           if args.teacher is not None else "RED seed s is distilled from teacher seed s. ")
+        + (f"Student: `{args.student}`. " if args.student else "")
+        + f"Device(s): {', '.join(settings['devices'])}. Wall time of this call: {wall_s / 60:.1f} min "
         "(reused runs cost nothing).",
         "",
         report.results_table(rows, markdown=True),
@@ -251,8 +313,12 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
            f"**{100 * gap:.0f}%**; target >= 50%: {'met' if gap >= 0.5 else 'NOT met'}")
         + f"; per seed: {per_seed}.",
         f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
-        f"RED {g['red']['test_acc']}.",
+        f"RED {g['red']['test_acc']}" + (f", RED + KD {g['red_kd']['test_acc']}" if "red_kd" in g else "") + ".",
     ]
+    if "red_kd" in g:
+        share = agg["gap_recovered_by_group"]["red_kd"]
+        lines.append("- Share of the gap RED + KD (Hinton KD on the logits added, T = 4) recovers: "
+                     + ("undefined" if share is None else f"**{100 * share:.0f}%**") + ".")
     if selection is not None:
         tried = ", ".join(f"{a}: {v:.2f}%" for a, v in selection["val_acc"].items())
         lines.append(
@@ -288,6 +354,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--student-epochs", type=int, default=20)
     p.add_argument("--alphas", type=float, nargs="+", default=None,
                    help="RED alphas to try on the first seed; the best on validation is used for all seeds")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="a finished teacher run directory distilled by every seed (no teacher is trained)")
+    p.add_argument("--student", default=None,
+                   help="student spec for the vanilla and RED runs (default: the configs'), "
+                        "e.g. cifar_resnet20:strides=4,1,1,1:stem_kernel=5")
+    p.add_argument("--tag", default="", help="suffix of the results files and run folder (e.g. x2)")
+    p.add_argument("--red-kd", action="store_true", help="also train RED + KD students (one more group)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 images, 1 epoch, seeds 0 1")
     p.add_argument("--configs", type=Path, default=REPO / "configs" / "demo")
     p.add_argument("--out", type=Path, default=None, help="run directories (default: runs/fashion_mnist[_quick])")
@@ -301,7 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         cores = os.cpu_count() or 1
         args.workers = max(1, min(6, cores // max(1, args.jobs) - 1)) if cores > 2 else 0
     if args.out is None:
-        args.out = REPO / "runs" / ("fashion_mnist_quick" if args.quick else "fashion_mnist")
+        args.out = REPO / "runs" / results_stem(args)
     return args
 
 
@@ -315,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"fashion_mnist.py: error: {err}", file=sys.stderr)
         return 2
-    agg = aggregate(summaries, args.seeds)
+    agg = aggregate(summaries, args.seeds, kinds(args), shared_teacher=args.teacher is not None)
     write_results(args, agg, summaries, time.perf_counter() - start, selection)
     return 0
 

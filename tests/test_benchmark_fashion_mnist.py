@@ -37,14 +37,30 @@ def _summary(kind: str, acc: float, val: float) -> dict:
 
 
 def test_protocol_overrides(fm, tmp_path):
-    args = fm.parse_args(["--device", "cuda", "--batch-size", "256", "--data-root", "/d"])
+    args = fm.parse_args(["--device", "cuda", "--batch-size", "256", "--data-root", "/d", "--out", str(tmp_path)])
     assert args.seeds == [0, 1, 2] and args.teacher_epochs == 20
-    ov = fm.protocol_overrides(args, "red", 2, tmp_path)
+    ov = fm.protocol_overrides(args, "red", 2)
     assert "data.subset=null" in ov and "run.seed=2" in ov and "optim.lr=0.2" in ov
     assert "data.root=/d" in ov and f"model.teacher_checkpoint={tmp_path / 'teacher_s2'}" in ov
-    quick = fm.parse_args(["--quick"])
-    assert quick.seeds == [0, 1] and "run.epochs=1" in fm.protocol_overrides(quick, "teacher", 0, tmp_path)
-    assert not any(o.startswith("model.teacher_checkpoint") for o in fm.protocol_overrides(quick, "vanilla", 0, tmp_path))
+    assert not any(o.startswith(("model.student", "distill.method")) for o in ov)
+    quick = fm.parse_args(["--quick", "--out", str(tmp_path)])
+    assert quick.seeds == [0, 1] and "run.epochs=1" in fm.protocol_overrides(quick, "teacher", 0)
+    assert not any(o.startswith("model.teacher_checkpoint") for o in fm.protocol_overrides(quick, "vanilla", 0))
+
+
+def test_shared_teacher_student_spec_and_red_kd_overrides(fm, tmp_path):
+    spec = "cifar_resnet20:strides=4,1,1,1:stem_kernel=5"
+    args = fm.parse_args(["--teacher", str(tmp_path / "t"), "--student", spec, "--red-kd", "--out", str(tmp_path)])
+    assert fm.kinds(args) == ("teacher", "vanilla", "red", "red_kd")
+    kd = fm.protocol_overrides(args, "red_kd", 1)
+    assert f"model.teacher_checkpoint={tmp_path / 't'}" in kd and "distill.method=red_kd" in kd
+    assert f"model.student={spec}" in kd and f"model.student={spec}" in fm.protocol_overrides(args, "vanilla", 0)
+    assert not any(o.startswith("model.student") for o in fm.protocol_overrides(args, "teacher", 0))
+    # A teacher directory without a finished run is one clear error before anything trains.
+    from redistill.errors import UserError
+
+    with pytest.raises(UserError, match="no finished run"):
+        fm.shared_teacher(tmp_path / "t")
 
 
 def test_aggregate_and_results(fm, tmp_path):
@@ -67,3 +83,19 @@ def test_aggregate_and_results(fm, tmp_path):
     data = json.loads(js.read_text())
     assert data["alpha_selection"]["chosen"] == 10.0 and len(data["runs"]) == 9
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_aggregate_shared_teacher_and_red_kd(fm, tmp_path):
+    accs = {"vanilla": [90.0, 90.4, 89.6], "red": [91.0, 91.2, 90.8], "red_kd": [92.0, 91.8, 92.2]}
+    summaries = {f"{k}_s{s}": _summary(k, a, a + 0.1) for k, v in accs.items() for s, a in enumerate(v)}
+    teacher = _summary("teacher", 94.0, 94.2)
+    summaries.update({f"teacher_s{s}": teacher for s in range(3)})
+    agg = fm.aggregate(summaries, [0, 1, 2], ("teacher", "vanilla", "red", "red_kd"), shared_teacher=True)
+    assert agg["groups"]["teacher"]["test_acc"] == [94.0]  # one run, counted once
+    assert agg["gap_recovered"] == pytest.approx(0.25)
+    assert agg["gap_recovered_by_group"]["red_kd"] == pytest.approx(0.5)
+    args = fm.parse_args(["--results", str(tmp_path), "--teacher", str(tmp_path / "t"), "--red-kd"])
+    _, md, _ = fm.write_results(args, agg, summaries, 60.0, None)
+    text = md.read_text()
+    assert "**25%**; target >= 50%: NOT met" in text and "RED + KD (Hinton KD" in text and "**50%**" in text
+    assert "is distilled by every seed" in text and "| red_kd |" in text

@@ -203,3 +203,24 @@ def test_cifar_resnet_rejects_unknown_depth():
 def test_register_model_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         register_model("resnet18", slots=["a"], default_strides=[1], drop_order=[])(lambda **kw: nn.Identity())
+
+
+def _unread_pixels(spec: str) -> int:
+    """Input pixels of a 28 px image that no output depends on (zero input gradient)."""
+    model = create_model(spec, in_channels=1).eval()
+    x = torch.randn(1, 1, 28, 28, requires_grad=True)
+    model.conv1(x).abs().sum().backward()  # the stem alone: what the rest of the net can ever see
+    return int((x.grad[0, 0] == 0).sum())
+
+
+def test_cifar_resnet_stem_kernel_reads_every_pixel_at_stride_4():
+    # A 3x3 stem at stride 4 (padding 1) reads rows/columns 0-1, 3-5, ..., 23-25 only: 20 of 28.
+    assert _unread_pixels("cifar_resnet20:strides=4,1,1,1") == 28 * 28 - 20 * 20
+    assert _unread_pixels("cifar_resnet20:strides=4,1,1,1:stem_kernel=5") == 28 + 27  # last row and column
+    assert _unread_pixels("cifar_resnet20:strides=4,1,1,1:stem_kernel=7") == 0
+    assert _unread_pixels("cifar_resnet20") == 0
+    model = create_model("cifar_resnet20:strides=4,1,1,1:stem_kernel=5", in_channels=1)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10) and model.conv1.padding == (2, 2)
+    assert model_spec(model)["stem_kernel"] == 5
+    with pytest.raises(UserError, match="stem_kernel must be an odd positive integer, got 4"):
+        create_model("cifar_resnet20:stem_kernel=4")
