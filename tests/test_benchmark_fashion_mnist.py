@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -99,3 +100,44 @@ def test_aggregate_shared_teacher_and_red_kd(fm, tmp_path):
     text = md.read_text()
     assert "**25%**; target >= 50%: NOT met" in text and "RED + KD (Hinton KD" in text and "**50%**" in text
     assert "is distilled by every seed" in text and "| red_kd |" in text
+
+
+@pytest.fixture(scope="module")
+def variants():
+    path = SCRIPT.with_name("fashion_mnist_variants.py")
+    spec = importlib.util.spec_from_file_location("fashion_mnist_variants_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_overrides_load_as_configs(variants, tmp_path):
+    from redistill.train import load_config
+
+    args = argparse.Namespace(device="cpu", data_root="/d", teacher=tmp_path / "best.pt")
+    configs = SCRIPT.parents[1] / "configs" / "demo"
+    for name, (config, _, base, _) in variants.VARIANTS.items():
+        cfg = load_config(configs / f"{config}.yaml", variants.overrides(args, name))
+        assert cfg.data.root == "/d" and cfg.data.val_subset is None and cfg.run.device == "cpu"
+        distils = cfg.distill.method is not None
+        assert distils == (name != base)  # every vanilla run is its own baseline, every other one distils
+        assert (cfg.model.teacher_checkpoint == str(tmp_path / "best.pt")) == distils
+    cfgs = {n: load_config(configs / f"{c}.yaml", variants.overrides(args, n)) for n, (c, *_ ) in variants.VARIANTS.items()}
+    assert cfgs["r50"].distill.options["alpha"] == 50 and cfgs["kd"].distill.method == "kd"
+    assert cfgs["rx2"].model.student == cfgs["vx2"].model.student == variants.X2
+
+
+def test_variants_results_table(variants, tmp_path):
+    summaries = {}
+    for i, name in enumerate(variants.VARIANTS):
+        summaries[name] = {"val_acc": 80.0 + i, "test_acc": 79.0 + i, "peak_bytes_live": 37_632,
+                           "params": 272_186, "train_time_s": 1.0}
+    summaries["r10"]["val_acc"] = 85.0  # vanilla "v" has 80.0, teacher 90.0: half the gap
+    args = argparse.Namespace(results=tmp_path, teacher=tmp_path / "best.pt", argv=["--teacher", "x"])
+    variants.write_results(args, summaries, {"val_acc": 90.0, "test_acc": 89.5}, 1.0)
+    text = (tmp_path / "fashion_mnist_variants.md").read_text()
+    assert "| r10 | x4, RED alpha 10 | 85.00 | 50% | 36.8 | 272.19K |" in text
+    assert "| v | x4, vanilla | 80.00 | (baseline) |" in text
+    data = json.loads((tmp_path / "fashion_mnist_variants.json").read_text())
+    assert len(data["rows"]) == len(variants.VARIANTS)
+    assert (tmp_path / "fashion_mnist_variants.png").read_bytes()[:4] == b"\x89PNG"
