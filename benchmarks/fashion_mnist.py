@@ -248,7 +248,7 @@ def _rows(agg: dict):
     for kind, g in agg["groups"].items():
         row = result_row(kind, {"model": g["model"], "test_acc": g["test_acc_mean"], "peak_bytes_live": g["peak_bytes_live"],
                                 "peak_bytes_layer": g["peak_bytes_layer"], "params": g["params"], "flops": g["flops"]})
-        row.acc_std = g["test_acc_std"] / 100.0
+        row.acc_std = g["test_acc_std"] / 100.0 if len(g["test_acc"]) > 1 else None  # one shared teacher: no spread
         row.runs = len(g["test_acc"])
         rows.append(row)
     return rows
@@ -326,7 +326,9 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
             f"**{selection['chosen']:g}**; tried {tried}."
         )
     else:
-        lines.append("- RED alpha: the one in configs/demo/student_red.yaml (no selection).")
+        alphas = sorted({p["alpha"] for p in g["red"]["pairs"] or [] if p.get("alpha") is not None})
+        lines.append(f"- RED alpha: {''.join(f'{a:g}, ' for a in alphas)}the one in configs/demo/student_red.yaml "
+                     "(no selection in this call).")
     lines += [
         "",
         f"![accuracy vs peak memory]({png.name})",
