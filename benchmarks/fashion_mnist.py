@@ -315,6 +315,8 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
         f"RED {g['red']['test_acc']}" + (f", RED + KD {g['red_kd']['test_acc']}" if "red_kd" in g else "") + ".",
     ]
+    lines.append("- Training time per run (mean): " + ", ".join(
+        f"{k} {g[k]['train_time_s_mean'] / 60:.1f} min on {g[k]['device']}" for k in g) + ".")
     if "red_kd" in g:
         share = agg["gap_recovered_by_group"]["red_kd"]
         lines.append("- Share of the gap RED + KD (Hinton KD on the logits added, T = 4) recovers: "
