@@ -254,6 +254,27 @@ def _rows(agg: dict):
     return rows
 
 
+def red_loss_trend(summaries: list[dict]) -> dict[str, tuple[float, float]]:
+    """Each RED term's training value in the first and last epoch, mean over runs.
+
+    Read from the runs' ``metrics.jsonl``; runs without one are skipped.
+    """
+    firsts: dict[str, list[float]] = {}
+    lasts: dict[str, list[float]] = {}
+    for summary in summaries:
+        run_dir = Path(summary.get("run_dir") or "")
+        metrics = (run_dir if run_dir.is_absolute() else REPO / run_dir) / "metrics.jsonl"
+        if not summary.get("run_dir") or not metrics.is_file():
+            continue
+        epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.startswith("{")]
+        epochs = [e for e in epochs if "epoch" in e]
+        for key in epochs[0] if epochs else []:
+            if key.startswith("train/red/"):
+                firsts.setdefault(key[6:], []).append(epochs[0][key])
+                lasts.setdefault(key[6:], []).append(epochs[-1][key])
+    return {k: (sum(firsts[k]) / len(firsts[k]), sum(lasts[k]) / len(lasts[k])) for k in firsts}
+
+
 def results_stem(args: argparse.Namespace) -> str:
     """``fashion_mnist[_<tag>][_quick]``: the name of the results files and default run folder."""
     return "fashion_mnist" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
@@ -315,6 +336,10 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
         f"RED {g['red']['test_acc']}" + (f", RED + KD {g['red_kd']['test_acc']}" if "red_kd" in g else "") + ".",
     ]
+    trend = red_loss_trend([summaries[f"red_s{s}"] for s in args.seeds])
+    if trend:
+        lines.append("- RED loss terms (training, mean over seeds), first -> last epoch: " + ", ".join(
+            f"{k} {first:.4f} -> {last:.4f}" for k, (first, last) in trend.items()) + ".")
     lines.append("- Training time per run (mean): " + ", ".join(
         f"{k} {g[k]['train_time_s_mean'] / 60:.1f} min on {g[k]['device']}" for k in g) + ".")
     if "red_kd" in g:

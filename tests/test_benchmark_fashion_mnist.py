@@ -142,3 +142,16 @@ def test_variants_results_table(variants, tmp_path):
     data = json.loads((tmp_path / "fashion_mnist_variants.json").read_text())
     assert len(data["rows"]) == len(variants.VARIANTS)
     assert (tmp_path / "fashion_mnist_variants.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_red_loss_trend_reads_first_and_last_epoch(fm, tmp_path):
+    for seed, (first, last) in enumerate([(0.03, 0.02), (0.05, 0.01)]):
+        run = tmp_path / f"red_s{seed}"
+        run.mkdir()
+        epochs = [{"epoch": 1, "train/red/conv1": first, "train/ce": 1.0},
+                  {"epoch": 2, "train/red/conv1": (first + last) / 2},
+                  {"epoch": 3, "train/red/conv1": last, "val/acc": 80.0}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    trend = fm.red_loss_trend([{"run_dir": str(tmp_path / f"red_s{s}")} for s in (0, 1)] + [{"run_dir": None}])
+    assert trend.keys() == {"red/conv1"}
+    assert trend["red/conv1"] == pytest.approx((0.04, 0.015))
