@@ -8,9 +8,10 @@ with the same config, so the table can be rebuilt for free and extended one vari
 
 Variants:
     x4 student ``cifar_resnet20:strides=4,1,1,1`` (one RED pair: conv1 <-> teacher layer3.0):
-    vanilla, RED alpha 0 (blocks, no loss), 10 (the quickstart's), 50, RED with w_task = w_distill
-    = 1, KD, RED + KD; the same x4 student with a 5x5 stem (a 3x3 stem at stride 4 never reads 8 of
-    the 28 rows and columns); the x2 student ``strides=2,1,2,1`` (same 4x peak cut, three RED pairs).
+    vanilla; RED alpha 0 (blocks, no loss), 10 (the quickstart's) and 50; RED with the MSE
+    distance; RED with w_task = w_distill = 1; KD; RED + KD. The same x4 student with a 5x5 stem
+    (a 3x3 stem at stride 4 never reads 8 of the 28 rows and columns). The x2 student
+    ``strides=2,1,2,1`` (same 4x peak cut, three RED pairs).
 
     python benchmarks/fashion_mnist_variants.py --teacher runs/compare_fashion_mnist/teacher/best.pt \\
         --data-root data/fashion-mnist --jobs 2
@@ -42,6 +43,7 @@ VARIANTS: dict[str, tuple[str, str, str, list[str]]] = {
     "r0": ("student_red", "x4, RED blocks, alpha 0 (no RED loss)", "v", ["distill.options.alpha=0"]),
     "r10": ("student_red", "x4, RED alpha 10", "v", []),
     "r50": ("student_red", "x4, RED alpha 50", "v", ["distill.options.alpha=50"]),
+    "rmse": ("student_red", "x4, RED alpha 10, MSE distance", "v", ["distill.options.distance=mse"]),
     "rw1": ("student_red", "x4, RED alpha 10, w_task = w_distill = 1", "v",
             ["distill.options.w_task=1", "distill.options.w_distill=1", "distill.options.alpha=10"]),
     "kd": ("student_vanilla", "x4, KD (ce 0.1 / kd 0.9, T 4)", "v",
