@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,45 @@ def test_red_loss_trend_reads_first_and_last_epoch(fm, tmp_path):
     trend = fm.red_loss_trend([{"run_dir": str(tmp_path / f"red_s{s}")} for s in (0, 1)] + [{"run_dir": None}])
     assert trend.keys() == {"red/conv1"}
     assert trend["red/conv1"] == pytest.approx((0.04, 0.015))
+
+
+@pytest.mark.slow
+def test_protocol_end_to_end_on_tiny_synthetic_runs(tmp_path):
+    """Teachers per seed, an alpha sweep on validation, RED + KD; then a shared teacher reused."""
+    import yaml
+
+    from test_demo import _write_configs
+
+    def run(argv: list[str]) -> None:  # a real process: the worker pool spawns and imports the script
+        proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    cdir = _write_configs(tmp_path)
+    common = ["--configs", str(cdir), "--device", "cpu", "--seeds", "0", "1", "--teacher-epochs", "1",
+              "--student-epochs", "1", "--batch-size", "32", "--jobs", "2", "--workers", "0"]
+    out, res = tmp_path / "runs", tmp_path / "results"
+    run([*common, "--alphas", "1", "10", "--red-kd", "--out", str(out), "--results", str(res)])
+    data = json.loads((res / "fashion_mnist.json").read_text())
+    chosen = data["alpha_selection"]["chosen"]
+    a = f"{chosen:g}"
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "teacher_s0", "teacher_s1", "vanilla_s0", "vanilla_s1", "red_a1_s0", "red_a10_s0",
+        f"red_kd_a{a}_s0", f"red_a{a}_s1", f"red_kd_a{a}_s1"])  # the sweep ran on seed 0 only
+    assert chosen in (1.0, 10.0) and set(data["groups"]) == {"teacher", "vanilla", "red", "red_kd"}
+    for seed in (0, 1):  # every distilled run of seed s used teacher s and the chosen alpha
+        for kind in ("red", "red_kd"):
+            cfg = yaml.safe_load((out / f"{kind}_a{chosen:g}_s{seed}" / "config.yaml").read_text())
+            assert cfg["model"]["teacher_checkpoint"] == str(out / f"teacher_s{seed}")
+            assert cfg["distill"]["options"]["alpha"] == chosen
+            assert cfg["distill"]["method"] == kind
+    assert len(data["groups"]["teacher"]["test_acc"]) == 2
+
+    # One shared, finished teacher: nothing is trained for it, every seed distils from it.
+    shared = tmp_path / "shared"
+    run([*common, "--teacher", str(out / "teacher_s0"), "--out", str(shared), "--results", str(res), "--tag", "shared"])
+    assert sorted(p.name for p in shared.iterdir()) == ["red_s0", "red_s1", "vanilla_s0", "vanilla_s1"]
+    cfg = yaml.safe_load((shared / "red_s1" / "config.yaml").read_text())
+    assert cfg["model"]["teacher_checkpoint"] == str(out / "teacher_s0")
+    text = (res / "fashion_mnist_shared.md").read_text()
+    assert "is distilled by every seed" in text and "RED loss terms" in text
+    assert len(json.loads((res / "fashion_mnist_shared.json").read_text())["groups"]["teacher"]["test_acc"]) == 1
