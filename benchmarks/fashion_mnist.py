@@ -2,9 +2,10 @@
 
 Every run uses the quickstart configs (``configs/demo/``) with the reduced-schedule settings
 lifted: the full training split, more epochs (a converged teacher), batch 256, one seed per
-run. The RED student of seed s is distilled from the teacher of seed s. Results (mean +- std
-over seeds, and the share of the teacher / vanilla-student gap that RED recovers) go to
-``benchmarks/results/fashion_mnist.{json,md,png}``.
+run. The RED student of seed s is distilled from the teacher of seed s, or with ``--teacher
+RUN_DIR`` every seed from one finished teacher run. Results (mean +- std over seeds, the share
+of the teacher / vanilla-student gap that RED recovers, each RED loss term's first and last
+training value) go to ``benchmarks/results/fashion_mnist[_<tag>].{json,md,png}``.
 
 Resumable: a run directory with a ``summary.json`` (same config) is reused, an interrupted
 one resumed, so the protocol can be completed over several calls or moved to a GPU.
@@ -12,6 +13,9 @@ one resumed, so the protocol can be completed over several calls or moved to a G
     python benchmarks/fashion_mnist.py --quick                       # local smoke run (CPU, minutes)
     python benchmarks/fashion_mnist.py --device cuda --jobs 6 --alphas 1 10 50 \\
         --data-root /path/to/fashion-mnist                           # full protocol on one GPU
+    python benchmarks/fashion_mnist.py --device cpu --student-epochs 10 --jobs 2 \
+        --teacher runs/compare_fashion_mnist/teacher                 # students only, one teacher
+    python benchmarks/fashion_mnist.py ... --student cifar_resnet20:strides=2,1,2,1 --tag x2
 """
 
 from __future__ import annotations
