@@ -66,17 +66,6 @@ def overrides(args: argparse.Namespace, name: str) -> list[str]:
     return ov + extra
 
 
-def _run(config: str, ov: list[str], run_dir: str, threads: int) -> tuple[str, dict, str]:
-    import torch
-
-    torch.set_num_threads(threads)
-    from redistill.demo import run_stage
-    from redistill.train import load_config
-
-    summary, status = run_stage(Path(run_dir).name, load_config(config, ov), Path(run_dir))
-    return run_dir, summary, status
-
-
 def write_results(args: argparse.Namespace, summaries: dict[str, dict], teacher: dict, wall_s: float) -> None:
     import matplotlib
 
@@ -146,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from fashion_mnist import _run_one  # the sibling script's worker: train or reuse one run
+
     from redistill.errors import UserError
 
     teacher_summary = args.teacher.parent / "summary.json"
@@ -160,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {}
     try:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run, str(configs / f"{VARIANTS[n][0]}.yaml"), overrides(args, n),
+            futures = [pool.submit(_run_one, str(configs / f"{VARIANTS[n][0]}.yaml"), overrides(args, n),
                                    str(args.out / n), threads) for n in names]
             for fut in futures:
-                run_dir, summary, status = fut.result()
+                run_dir, summary, status, _ = fut.result()
                 summaries[Path(run_dir).name] = summary
                 print(f"{Path(run_dir).name}: {status}, val acc {summary['val_acc']:.2f}%", flush=True)
     except UserError as err:
