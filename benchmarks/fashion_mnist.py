@@ -16,6 +16,7 @@ one resumed, so the protocol can be completed over several calls or moved to a G
     python benchmarks/fashion_mnist.py --device cpu --student-epochs 10 --jobs 2 \
         --teacher runs/compare_fashion_mnist/teacher                 # students only, one teacher
     python benchmarks/fashion_mnist.py ... --student cifar_resnet20:strides=2,1,2,1 --tag x2
+    python benchmarks/fashion_mnist.py ... --subset 5000 --tag 5k     # STL10-sized training set
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[s
         subset, val_subset, test_subset = 2000, 500, 2000
         epochs = 1
     else:
-        subset, val_subset, test_subset = None, None, None
+        subset, val_subset, test_subset = args.subset, None, None
         epochs = args.teacher_epochs if kind == "teacher" else args.student_epochs
     lr = args.lr if args.lr is not None else 0.1 * args.batch_size / 128  # linear scaling from the 128 recipe
     ov = [
@@ -315,8 +316,10 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         f"`python benchmarks/fashion_mnist.py {' '.join(args.argv)}`".replace(" `", "`"),
         "",
         f"Quickstart configs (`configs/demo/`) with the full protocol settings: "
-        + ("a 2,000-image subset and 1 epoch (--quick)" if args.quick else "the full training split (54,000 images; "
-           "6,000 held out for validation), the full 10,000-image test set")
+        + ("a 2,000-image subset and 1 epoch (--quick)" if args.quick else
+           (f"{args.subset:,} training images (--subset; the same ones for every run)" if args.subset else
+            "the full training split (54,000 images)")
+           + " (6,000 held out for validation), the full 10,000-image test set")
         + f", {settings['teacher_epochs']} teacher epochs and {settings['student_epochs']} student epochs, batch "
         f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; "
         + (f"one teacher run (`{args.teacher}`, trained on {g['teacher']['device']}) is distilled by every seed. "
@@ -383,6 +386,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # 20 cosine epochs on the full split (about 4,200 steps at batch 256) keep the whole protocol
     # (11 runs with --alphas 1 10 50) short on one GPU; raise them if the teacher's validation
     # accuracy (metrics.jsonl) is still rising at the end.
+    p.add_argument("--subset", type=int, default=None,
+                   help="train every run on this many training images (default: all 54,000), e.g. 5000 for an "
+                        "STL10-sized training set")
     p.add_argument("--teacher-epochs", type=int, default=20)
     p.add_argument("--student-epochs", type=int, default=20)
     p.add_argument("--alphas", type=float, nargs="+", default=None,

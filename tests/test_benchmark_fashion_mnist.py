@@ -49,6 +49,9 @@ def test_protocol_overrides(fm, tmp_path):
     quick = fm.parse_args(["--quick", "--out", str(tmp_path)])
     assert quick.seeds == [0, 1] and "run.epochs=1" in fm.protocol_overrides(quick, "teacher", 0)
     assert not any(o.startswith("model.teacher_checkpoint") for o in fm.protocol_overrides(quick, "vanilla", 0))
+    small = fm.parse_args(["--subset", "5000", "--tag", "5k"])
+    assert all("data.subset=5000" in fm.protocol_overrides(small, k, 0) for k in fm.kinds(small))
+    assert fm.results_stem(small) == "fashion_mnist_5k"
 
 
 def test_shared_teacher_student_spec_and_red_kd_overrides(fm, tmp_path):
