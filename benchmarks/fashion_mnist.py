@@ -3,7 +3,8 @@
 Every run uses the quickstart configs (``configs/demo/``) with the reduced-schedule settings
 lifted: the full training split, more epochs (a converged teacher), batch 256, one seed per
 run. The RED student of seed s is distilled from the teacher of seed s, or with ``--teacher
-RUN_DIR`` every seed from one finished teacher run. Results (mean +- std over seeds, the share
+RUN_DIR`` every seed from one finished teacher run; ``--red-kd`` and ``--kd`` add RED + KD and
+plain logit-KD students on the same recipe. Results (mean +- std over seeds, the share
 of the teacher / vanilla-student gap that RED recovers, each RED loss term's first and last
 training value) go to ``benchmarks/results/fashion_mnist[_<tag>].{json,md,png}``.
 
@@ -34,13 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 KINDS = ("teacher", "vanilla", "red")
 RED_KINDS = ("red", "red_kd")  # distilled from the teacher, RED blocks in the deployed student
+DISTILLED = RED_KINDS + ("kd",)  # every kind that needs the teacher
 CONFIG_FILES = {"teacher": "teacher.yaml", "vanilla": "student_vanilla.yaml", "red": "student_red.yaml",
-                "red_kd": "student_red.yaml"}
+                "red_kd": "student_red.yaml", "kd": "student_vanilla.yaml"}
 
 
 def kinds(args: argparse.Namespace) -> tuple[str, ...]:
-    """Groups reported: teacher, vanilla, RED (and RED + KD with ``--red-kd``)."""
-    return KINDS + (("red_kd",) if args.red_kd else ())
+    """Groups reported: teacher, vanilla, RED (RED + KD with ``--red-kd``, KD alone with ``--kd``)."""
+    return KINDS + (("red_kd",) if args.red_kd else ()) + (("kd",) if args.kd else ())
 
 
 def teacher_dir(args: argparse.Namespace, seed: int) -> Path:
@@ -74,10 +76,10 @@ def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[s
         ov.append(f"data.root={args.data_root}")
     if kind != "teacher" and args.student:
         ov.append(f"model.student={args.student}")
-    if kind in RED_KINDS:
+    if kind in DISTILLED:
         ov.append(f"model.teacher_checkpoint={teacher_dir(args, seed)}")
-    if kind == "red_kd":
-        ov.append("distill.method=red_kd")
+    if kind in ("red_kd", "kd"):
+        ov.append(f"distill.method={kind}")
     return ov + list(args.overrides)
 
 
@@ -133,6 +135,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
     sweep: dict[float, dict] = {}
     chosen: list[float] = []  # empty until the first seed's sweep is complete
     ready: list[int] = []  # seeds whose teacher is ready
+    kd_sent: set[int] = set()  # seeds whose KD run was submitted
     ctx = get_context("spawn")  # CUDA cannot be used in forked children
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         pending = {}
@@ -142,6 +145,9 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
 
         def distill(seed: int) -> None:
             """Submit the distilled runs of ``seed`` that can start now."""
+            if "kd" in kinds(args) and seed not in kd_sent:  # no alpha: it does not wait for the sweep
+                kd_sent.add(seed)
+                submit("kd", seed)
             if not args.alphas:
                 for kind in red_kinds:
                     submit(kind, seed)
@@ -229,7 +235,7 @@ def aggregate(summaries: dict[str, dict], seeds: list[int], groups_: tuple[str, 
             "pairs": runs[0].get("pairs"),
         }
     t, v = groups["teacher"]["test_acc_mean"], groups["vanilla"]["test_acc_mean"]
-    distilled = [k for k in groups_ if k in RED_KINDS]
+    distilled = [k for k in groups_ if k in DISTILLED]
     return {
         "groups": groups,
         "gap_recovered": report.gap_recovered(t, v, groups["red"]["test_acc_mean"]),
@@ -317,9 +323,10 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "",
         f"Quickstart configs (`configs/demo/`) with the full protocol settings: "
         + ("a 2,000-image subset and 1 epoch (--quick)" if args.quick else
-           (f"{args.subset:,} training images (--subset; the same ones for every run)" if args.subset else
-            "the full training split (54,000 images)")
-           + " (6,000 held out for validation), the full 10,000-image test set")
+           (f"a {args.subset:,}-image subset of the training split (--subset; the same images in every run; "
+            "6,000 more held out for validation)" if args.subset else
+            "the full training split (54,000 images; 6,000 held out for validation)")
+           + ", the full 10,000-image test set")
         + f", {settings['teacher_epochs']} teacher epochs and {settings['student_epochs']} student epochs, batch "
         f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; "
         + (f"one teacher run (`{args.teacher}`, trained on {g['teacher']['device']}) is distilled by every seed. "
@@ -341,7 +348,8 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
            f"**{100 * gap:.0f}%**; target >= 50%: {'met' if gap >= 0.5 else 'NOT met'}")
         + f"; per seed: {per_seed}.",
         f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
-        f"RED {g['red']['test_acc']}" + (f", RED + KD {g['red_kd']['test_acc']}" if "red_kd" in g else "") + ".",
+        f"RED {g['red']['test_acc']}" + (f", RED + KD {g['red_kd']['test_acc']}" if "red_kd" in g else "")
+        + (f", KD {g['kd']['test_acc']}" if "kd" in g else "") + ".",
     ]
     trend = red_loss_trend([summaries[f"red_s{s}"] for s in args.seeds])
     if trend:
@@ -353,6 +361,10 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         share = agg["gap_recovered_by_group"]["red_kd"]
         lines.append("- Share of the gap RED + KD (Hinton KD on the logits added, T = 4) recovers: "
                      + ("undefined" if share is None else f"**{100 * share:.0f}%**") + ".")
+    if "kd" in g:
+        share = agg["gap_recovered_by_group"]["kd"]
+        lines.append("- Share of the gap KD alone (Hinton KD on the logits, ce 0.1 / kd 0.9, T = 4; no RED blocks) "
+                     "recovers: " + ("undefined" if share is None else f"**{100 * share:.0f}%**") + ".")
     if selection is not None:
         tried = ", ".join(f"{a}: {v:.2f}%" for a, v in selection["val_acc"].items())
         lines.append(
@@ -400,6 +412,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "e.g. cifar_resnet20:strides=4,1,1,1:stem_kernel=5")
     p.add_argument("--tag", default="", help="suffix of the results files and run folder (e.g. x2)")
     p.add_argument("--red-kd", action="store_true", help="also train RED + KD students (one more group)")
+    p.add_argument("--kd", action="store_true", help="also train KD students without RED (one more group)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 images, 1 epoch, seeds 0 1")
     p.add_argument("--configs", type=Path, default=REPO / "configs" / "demo")
     p.add_argument("--out", type=Path, default=None, help="run directories (default: runs/fashion_mnist[_quick])")

@@ -61,6 +61,11 @@ def test_shared_teacher_student_spec_and_red_kd_overrides(fm, tmp_path):
     kd = fm.protocol_overrides(args, "red_kd", 1)
     assert f"model.teacher_checkpoint={tmp_path / 't'}" in kd and "distill.method=red_kd" in kd
     assert f"model.student={spec}" in kd and f"model.student={spec}" in fm.protocol_overrides(args, "vanilla", 0)
+    plain = fm.parse_args(["--kd", "--out", str(tmp_path)])
+    assert fm.kinds(plain) == ("teacher", "vanilla", "red", "kd")
+    ov = fm.protocol_overrides(plain, "kd", 2)
+    assert "distill.method=kd" in ov and f"model.teacher_checkpoint={tmp_path / 'teacher_s2'}" in ov
+    assert fm.CONFIG_FILES["kd"] == "student_vanilla.yaml"  # no RED blocks
     assert not any(o.startswith("model.student") for o in fm.protocol_overrides(args, "teacher", 0))
     # A teacher directory without a finished run is one clear error before anything trains.
     from redistill.errors import UserError
@@ -177,14 +182,20 @@ def test_protocol_end_to_end_on_tiny_synthetic_runs(tmp_path):
     common = ["--configs", str(cdir), "--device", "cpu", "--seeds", "0", "1", "--teacher-epochs", "1",
               "--student-epochs", "1", "--batch-size", "32", "--jobs", "2", "--workers", "0"]
     out, res = tmp_path / "runs", tmp_path / "results"
-    run([*common, "--alphas", "1", "10", "--red-kd", "--out", str(out), "--results", str(res)])
+    run([*common, "--alphas", "1", "10", "--red-kd", "--kd", "--out", str(out), "--results", str(res)])
     data = json.loads((res / "fashion_mnist.json").read_text())
     chosen = data["alpha_selection"]["chosen"]
     a = f"{chosen:g}"
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "teacher_s0", "teacher_s1", "vanilla_s0", "vanilla_s1", "red_a1_s0", "red_a10_s0",
-        f"red_kd_a{a}_s0", f"red_a{a}_s1", f"red_kd_a{a}_s1"])  # the sweep ran on seed 0 only
-    assert chosen in (1.0, 10.0) and set(data["groups"]) == {"teacher", "vanilla", "red", "red_kd"}
+        f"red_kd_a{a}_s0", f"red_a{a}_s1", f"red_kd_a{a}_s1", "kd_s0", "kd_s1"])  # the sweep ran on seed 0 only
+    assert chosen in (1.0, 10.0) and set(data["groups"]) == {"teacher", "vanilla", "red", "red_kd", "kd"}
+    for seed in (0, 1):  # KD alone: teacher s, no alpha, no RED blocks
+        cfg = yaml.safe_load((out / f"kd_s{seed}" / "config.yaml").read_text())
+        assert cfg["model"]["teacher_checkpoint"] == str(out / f"teacher_s{seed}")
+        assert cfg["distill"]["method"] == "kd" and "alpha" not in cfg["distill"]["options"]
+        assert data["runs"][f"kd_s{seed}"]["params"] == data["runs"][f"vanilla_s{seed}"]["params"]
+    assert "KD alone" in (res / "fashion_mnist.md").read_text()
     for seed in (0, 1):  # every distilled run of seed s used teacher s and the chosen alpha
         for kind in ("red", "red_kd"):
             cfg = yaml.safe_load((out / f"{kind}_a{chosen:g}_s{seed}" / "config.yaml").read_text())
