@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,11 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_mnist.py"
 
 
 @pytest.fixture(scope="module")
-def fm():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fm(load_benchmark):
+    return load_benchmark("fashion_mnist.py")
 
 
 def _summary(kind: str, acc: float, val: float) -> dict:
@@ -114,12 +110,8 @@ def test_aggregate_shared_teacher_and_red_kd(fm, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def variants():
-    path = SCRIPT.with_name("fashion_mnist_variants.py")
-    spec = importlib.util.spec_from_file_location("fashion_mnist_variants_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def variants(load_benchmark):
+    return load_benchmark("fashion_mnist_variants.py")
 
 
 def test_variants_overrides_load_as_configs(variants, tmp_path):

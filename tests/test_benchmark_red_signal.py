@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +14,6 @@ from redistill.train.build import load_teacher
 from redistill.train.data import build_datasets
 from redistill.train.export import load_run_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "red_signal.py"
 TINY = {
     "model": {"student": "cifar_resnet8", "options": {"width": 4}},
     "data": {"name": "synthetic", "workers": 0, "batch_size": 16, "val_fraction": 0.25,
@@ -28,11 +25,8 @@ STUDENT = "model.student=cifar_resnet8:strides=2,1,2,1"
 
 
 @pytest.fixture(scope="module")
-def rs():
-    spec = importlib.util.spec_from_file_location("red_signal_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rs(load_benchmark):
+    return load_benchmark("red_signal.py")
 
 
 @pytest.fixture(scope="module")
