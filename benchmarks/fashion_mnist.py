@@ -321,16 +321,16 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "",
         f"`python benchmarks/fashion_mnist.py {' '.join(args.argv)}`".replace(" `", "`"),
         "",
-        f"Quickstart configs (`configs/demo/`) with the full protocol settings: "
+        f"Quickstart configs (`configs/demo/`) with the protocol settings: "
         + ("a 2,000-image subset and 1 epoch (--quick)" if args.quick else
-           (f"a {args.subset:,}-image subset of the training split (--subset; the same images in every run; "
-            "6,000 more held out for validation)" if args.subset else
-            "the full training split (54,000 images; 6,000 held out for validation)")
-           + ", the full 10,000-image test set")
+           ((f"a {args.subset:,}-image subset of the training split (--subset; the same images in every run; "
+             "6,000 more held out for validation)" if args.subset else
+             "the full training split (54,000 images; 6,000 held out for validation)")
+            + ", the full 10,000-image test set"))
         + f", {settings['teacher_epochs']} teacher epochs and {settings['student_epochs']} student epochs, batch "
         f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; "
         + (f"one teacher run (`{args.teacher}`, trained on {g['teacher']['device']}) is distilled by every seed. "
-           if args.teacher is not None else "RED seed s is distilled from teacher seed s. ")
+           if args.teacher is not None else "the distilled students of seed s learn from teacher seed s. ")
         + (f"Student: `{args.student}`. " if args.student else "")
         + f"Device(s): {', '.join(settings['devices'])}. Wall time of this call: {wall_s / 60:.1f} min "
         "(reused runs cost nothing).",

@@ -109,6 +109,20 @@ def test_aggregate_shared_teacher_and_red_kd(fm, tmp_path):
     assert "| teacher | cifar_resnet20 [1,1,2,2] | 94.00 |" in text  # one run: no spread shown
 
 
+def test_kd_group_and_subset_in_results(fm, tmp_path):
+    accs = {"vanilla": [90.0, 90.4, 89.6], "red": [89.0, 89.2, 88.8], "kd": [91.0, 91.2, 90.8]}
+    summaries = {f"{k}_s{s}": _summary(k, a, a + 0.1) for k, v in accs.items() for s, a in enumerate(v)}
+    summaries.update({f"teacher_s{s}": _summary("teacher", 94.0 + s, 94.0) for s in range(3)})
+    agg = fm.aggregate(summaries, [0, 1, 2], ("teacher", "vanilla", "red", "kd"))
+    assert agg["gap_recovered"] == pytest.approx(-1 / 5) and agg["gap_recovered_by_group"]["kd"] == pytest.approx(0.2)
+    args = fm.parse_args(["--results", str(tmp_path), "--kd", "--subset", "5000"])
+    _, md, _ = fm.write_results(args, agg, summaries, 60.0, None)
+    text = md.read_text()
+    assert "a 5,000-image subset of the training split" in text and "54,000" not in text
+    assert "KD alone" in text and "**20%**" in text and "| kd |" in text and "KD [91.0, 91.2, 90.8]" in text
+    assert "learn from teacher seed s" in text
+
+
 @pytest.fixture(scope="module")
 def variants(load_benchmark):
     return load_benchmark("fashion_mnist_variants.py")
