@@ -93,6 +93,10 @@ def analyze_run(run_dir: Path, vanilla_dir: Path | None, images: int, data_root:
             if v is not None:
                 maps["v"][i].append(v[v_refs[i]])
     cat = {k: [torch.cat(m) if m else None for m in per_pair] for k, per_pair in maps.items()}
+    for i, vm in enumerate(cat["v"]):
+        if vm is not None and vm.shape != cat["t"][i].shape:
+            raise UserError(f"--vanilla {vanilla_dir}: its map at '{v_refs[i]}' is {tuple(vm.shape[1:])}, the "
+                            f"teacher's {tuple(cat['t'][i].shape[1:])}; give the undistilled run of the same student")
     count = len(cat["t"][0])
     rows = []
     for i, p in enumerate(pairs):
@@ -127,8 +131,8 @@ def write_results(results: list[dict], args: argparse.Namespace) -> list[Path]:
     stem = "red_signal" + (f"_{args.tag}" if args.tag else "")
     args.results.mkdir(parents=True, exist_ok=True)
     js = args.results / f"{stem}.json"
-    js.write_text(json.dumps({"argv": args.argv, "runs": [{k: v for k, v in r.items() if k != "examples"}
-                                                          for r in results]}, indent=2) + "\n")
+    runs = [{k: v for k, v in r.items() if k != "examples"} for r in results]
+    js.write_text(json.dumps({"argv": args.argv, "runs": runs}, indent=2) + "\n")
     lines = [
         "# What the RED target adds to the input",
         "",
@@ -136,8 +140,9 @@ def write_results(results: list[dict], args: argparse.Namespace) -> list[Path]:
         "",
         "Mean cosine distance (1 - cos, the RED loss) between the teacher's channel-mean map and the map named by the "
         "column, on the run's validation images (eval mode). *student*: the trained RED block output; *vanilla*: the "
-        "same point of an undistilled student (for `conv1`: the convolution output before BatchNorm, where the RED block sits); *input*: the image average-pooled to the pair's H x W; *other image*: "
-        "the teacher's map of another image; *mean map*: the teacher's mean map over the images. Lower is closer.",
+        "same point of an undistilled student (for `conv1`: the convolution output before BatchNorm, where the RED "
+        "block sits); *input*: the image average-pooled to the pair's H x W; *other image*: the teacher's map of "
+        "another image; *mean map*: the teacher's mean map over the images. Lower is closer.",
         "",
         "| run | pair | H x W | " + " | ".join(COLUMNS) + " |",
         "|---|---|---|" + "---|" * len(COLUMNS),

@@ -48,6 +48,9 @@ def test_protocol_overrides(fm, tmp_path):
     small = fm.parse_args(["--subset", "5000", "--tag", "5k"])
     assert all("data.subset=5000" in fm.protocol_overrides(small, k, 0) for k in fm.kinds(small))
     assert fm.results_stem(small) == "fashion_mnist_5k"
+    for bad in (["--subset", "0"], ["--subset", "60000"], ["--subset", "500", "--quick"]):
+        with pytest.raises(SystemExit):
+            fm.parse_args(bad)
 
 
 def test_shared_teacher_student_spec_and_red_kd_overrides(fm, tmp_path):
@@ -180,15 +183,18 @@ def test_protocol_end_to_end_on_tiny_synthetic_runs(tmp_path):
 
     from test_demo import _write_configs
 
-    def run(argv: list[str]) -> None:  # a real process: the worker pool spawns and imports the script
+    def run(argv: list[str]) -> str:  # a real process: the worker pool spawns and imports the script
         proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
 
     cdir = _write_configs(tmp_path)
     common = ["--configs", str(cdir), "--device", "cpu", "--seeds", "0", "1", "--teacher-epochs", "1",
               "--student-epochs", "1", "--batch-size", "32", "--jobs", "2", "--workers", "0"]
     out, res = tmp_path / "runs", tmp_path / "results"
-    run([*common, "--alphas", "1", "10", "--red-kd", "--kd", "--out", str(out), "--results", str(res)])
+    log = run([*common, "--alphas", "1", "10", "--red-kd", "--kd", "--out", str(out), "--results", str(res)])
+    for seed in (0, 1):  # each KD run is submitted once (the sweep's end calls distill() for seed 1 again)
+        assert [line.split()[1] for line in log.splitlines() if line.startswith(f"kd_s{seed}: ")] == ["trained"]
     data = json.loads((res / "fashion_mnist.json").read_text())
     chosen = data["alpha_selection"]["chosen"]
     a = f"{chosen:g}"

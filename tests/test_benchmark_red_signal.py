@@ -62,19 +62,30 @@ def test_student_column_is_the_red_loss_of_each_pair(rs, runs):
     teacher = load_teacher(cfg, info).eval()
     val = build_datasets(cfg.data).val
     x = torch.stack([val[i][0] for i in range(len(val))])
+    vanilla = load_run_model(runs / "vanilla")[0]
+    # The input column from the stored uint8 pixels, not from un-normalising the model input.
+    raw = val.dataset.images[val.indices].float().div(255).mean(dim=1, keepdim=True)
     s_refs = [f"{p['student']}.red_{p['side']}" for p in pairs]
+    v_refs = [p["student"] + (":in" if p["side"] == "in" else "") for p in pairs]
     t_refs = [p["teacher"] + (":in" if p["side"] == "in" else "") for p in pairs]
-    with torch.no_grad(), capture(student, s_refs) as fs, capture(teacher, t_refs) as ft:
+    with torch.no_grad(), capture(student, s_refs) as fs, capture(teacher, t_refs) as ft, \
+            capture(vanilla, v_refs) as fv:
         student(x)
         teacher(x)
+        vanilla(x)
         for i, row in enumerate(result["pairs"]):
-            assert row["student"] == pytest.approx(red_loss(fs[s_refs[i]], ft[t_refs[i]]).item(), rel=1e-5)
-            assert row["hw"] == list(ft[t_refs[i]].shape[-2:])
-            mean_map = ft[t_refs[i]].mean(dim=1)
-            assert row["mean map"] == pytest.approx(
-                rs.cos_dist(mean_map.mean(0, keepdim=True).expand_as(mean_map), mean_map).mean().item(), rel=1e-6)
-    for row in result["pairs"]:
-        assert all(row[c] is not None and 0.0 <= row[c] <= 2.0 for c in rs.COLUMNS)
+            t_feat = ft[t_refs[i]]
+            assert row["student"] == pytest.approx(red_loss(fs[s_refs[i]], t_feat).item(), rel=1e-5)
+            assert row["vanilla"] == pytest.approx(red_loss(fv[v_refs[i]], t_feat).item(), rel=1e-5)
+            assert row["hw"] == list(t_feat.shape[-2:])
+            t_map = t_feat.mean(dim=1)
+            pooled = torch.nn.functional.adaptive_avg_pool2d(raw, t_map.shape[-2:])
+            assert row["input"] == pytest.approx(red_loss(pooled, t_feat).item(), rel=1e-5)
+            previous = t_feat[torch.arange(len(x)) - 1]  # image k against image k - 1 (the first against the last)
+            assert row["other image"] == pytest.approx(red_loss(previous, t_feat).item(), rel=1e-5)
+            mean_feat = t_feat.mean(dim=0, keepdim=True).expand_as(t_feat)
+            assert row["mean map"] == pytest.approx(red_loss(mean_feat, t_feat).item(), rel=1e-5)
+    assert result["pairs"][0]["vanilla"] != result["pairs"][0]["student"]
 
 
 def test_main_writes_results_and_refuses_bad_runs(rs, runs, tmp_path, capsys):
@@ -94,4 +105,7 @@ def test_main_writes_results_and_refuses_bad_runs(rs, runs, tmp_path, capsys):
     assert err.count("\n") == 0 and "not a RED run" in err
     assert rs.main(["--run", str(tmp_path / "nothing"), "--results", str(tmp_path / "x")]) == 2
     assert "no finished run" in capsys.readouterr().err
+    # A vanilla run of another student: its maps do not line up with the teacher's.
+    assert rs.main(["--run", str(runs / "red"), "--vanilla", str(runs / "teacher"), "--results", str(tmp_path / "x")]) == 2
+    assert "give the undistilled run of the same student" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
