@@ -207,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     from redistill.errors import UserError
 
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
         vanillas = args.vanilla or [None] * len(args.run)
         results = [analyze_run(r, v, args.images, args.data_root) for r, v in zip(args.run, vanillas)]

@@ -92,7 +92,7 @@ def test_main_writes_results_and_refuses_bad_runs(rs, runs, tmp_path, capsys):
     out = tmp_path / "res"
     code = rs.main(["--run", str(runs / "red"), "--vanilla", str(runs / "vanilla"), "--images", "16",
                     "--tag", "t", "--results", str(out)])
-    assert code == 0
+    assert code == 0 and torch.is_grad_enabled()  # no global autograd switch leaks into later tests
     assert sorted(p.name for p in out.iterdir()) == ["red_signal_t.json", "red_signal_t.md", "red_signal_t.png"]
     md = (out / "red_signal_t.md").read_text()
     assert md.count("| `") == 3 and "layer2.0:in <-> layer3.0:in" in md
