@@ -2,9 +2,9 @@
 
 Every run uses the quickstart configs (``configs/demo/``) with the reduced-schedule settings
 lifted: the full training split (or ``--subset N`` images), more epochs (a converged teacher),
-batch 256, one seed per run. The RED student of seed s is distilled from the teacher of seed s, or with ``--teacher
-RUN_DIR`` every seed from one finished teacher run; ``--red-kd`` and ``--kd`` add RED + KD and
-plain logit-KD students on the same recipe. Results (mean +- std over seeds, the share
+batch 256, one seed per run. The RED student of seed s is distilled from the teacher of seed s,
+or with ``--teacher RUN_DIR`` every seed from one finished teacher run; ``--red-kd`` and ``--kd``
+add RED + KD and plain logit-KD students on the same recipe. Results (mean +- std over seeds, the share
 of the teacher / vanilla-student gap that RED recovers, each RED loss term's first and last
 training value) go to ``benchmarks/results/fashion_mnist[_<tag>].{json,md,png}``.
 
@@ -37,6 +37,9 @@ KINDS = ("teacher", "vanilla", "red")
 FASHION_TRAIN = 54_000  # training images once 10% are held out for validation
 RED_KINDS = ("red", "red_kd")  # distilled from the teacher, RED blocks in the deployed student
 DISTILLED = RED_KINDS + ("kd",)  # every kind that needs the teacher
+# The optional groups: their name in the per-seed line and in their gap-share line.
+EXTRA = {"red_kd": ("RED + KD", "RED + KD (Hinton KD on the logits added, T = 4)"),
+         "kd": ("KD", "KD alone (Hinton KD on the logits, method `kd`, default ce 0.1 / kd 0.9, T = 4; no RED blocks)")}
 CONFIG_FILES = {"teacher": "teacher.yaml", "vanilla": "student_vanilla.yaml", "red": "student_red.yaml",
                 "red_kd": "student_red.yaml", "kd": "student_vanilla.yaml"}
 
@@ -136,7 +139,6 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
     sweep: dict[float, dict] = {}
     chosen: list[float] = []  # empty until the first seed's sweep is complete
     ready: list[int] = []  # seeds whose teacher is ready
-    kd_sent: set[int] = set()  # seeds whose KD run was submitted
     ctx = get_context("spawn")  # CUDA cannot be used in forked children
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         pending = {}
@@ -145,10 +147,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
             pending[pool.submit(_run_one, *job(kind, seed, alpha))] = (kind, seed, alpha)
 
         def distill(seed: int) -> None:
-            """Submit the distilled runs of ``seed`` that can start now."""
-            if "kd" in kinds(args) and seed not in kd_sent:  # no alpha: it does not wait for the sweep
-                kd_sent.add(seed)
-                submit("kd", seed)
+            """Submit the RED runs of ``seed`` that can start now."""
             if not args.alphas:
                 for kind in red_kinds:
                     submit(kind, seed)
@@ -158,6 +157,12 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
             elif chosen:
                 for kind in red_kinds:
                     submit(kind, seed, chosen[0])
+
+        def teacher_ready(seed: int) -> None:
+            ready.append(seed)
+            if "kd" in kinds(args):  # no alpha: KD does not wait for the sweep
+                submit("kd", seed)
+            distill(seed)
 
         if args.teacher is not None:
             teacher = shared_teacher(args.teacher)
@@ -172,8 +177,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
             submit("vanilla", seed)
         if args.teacher is not None:
             for seed in args.seeds:
-                ready.append(seed)
-                distill(seed)
+                teacher_ready(seed)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -184,8 +188,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
                 print(f"{name}: {status} in {secs:.0f} s, val acc {summary['val_acc']:.2f}%, "
                       f"test acc {summary['test_acc']:.2f}%", flush=True)
                 if kind == "teacher":
-                    ready.append(seed)
-                    distill(seed)
+                    teacher_ready(seed)
                 elif kind == "red" and alpha is not None and seed == first:
                     sweep[alpha] = summary
                     if len(sweep) == len(args.alphas):
@@ -349,8 +352,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
            f"**{100 * gap:.0f}%**; target >= 50%: {'met' if gap >= 0.5 else 'NOT met'}")
         + f"; per seed: {per_seed}.",
         f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
-        f"RED {g['red']['test_acc']}" + (f", RED + KD {g['red_kd']['test_acc']}" if "red_kd" in g else "")
-        + (f", KD {g['kd']['test_acc']}" if "kd" in g else "") + ".",
+        f"RED {g['red']['test_acc']}" + "".join(f", {EXTRA[k][0]} {g[k]['test_acc']}" for k in EXTRA if k in g) + ".",
     ]
     trend = red_loss_trend([summaries[f"red_s{s}"] for s in args.seeds])
     if trend:
@@ -358,14 +360,10 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
             f"{k} {first:.4f} -> {last:.4f}" for k, (first, last) in trend.items()) + ".")
     lines.append("- Training time per run (mean): " + ", ".join(
         f"{k} {g[k]['train_time_s_mean'] / 60:.1f} min on {g[k]['device']}" for k in g) + ".")
-    if "red_kd" in g:
-        share = agg["gap_recovered_by_group"]["red_kd"]
-        lines.append("- Share of the gap RED + KD (Hinton KD on the logits added, T = 4) recovers: "
+    for kind in (k for k in EXTRA if k in g):
+        share = agg["gap_recovered_by_group"][kind]
+        lines.append(f"- Share of the gap {EXTRA[kind][1]} recovers: "
                      + ("undefined" if share is None else f"**{100 * share:.0f}%**") + ".")
-    if "kd" in g:
-        share = agg["gap_recovered_by_group"]["kd"]
-        lines.append("- Share of the gap KD alone (Hinton KD on the logits, method `kd`, default ce 0.1 / kd 0.9, "
-                     "T = 4; no RED blocks) recovers: " + ("undefined" if share is None else f"**{100 * share:.0f}%**") + ".")
     if selection is not None:
         tried = ", ".join(f"{a}: {v:.2f}%" for a, v in selection["val_acc"].items())
         lines.append(

@@ -49,6 +49,7 @@ def _maps(model: torch.nn.Module, refs: list[str], images: torch.Tensor, what: s
 
 def analyze_run(run_dir: Path, vanilla_dir: Path | None, images: int, data_root: str | None) -> dict:
     """The distances of every pair of one RED run (see the module docstring)."""
+    from redistill.distill.hooks import make_ref
     from redistill.errors import UserError
     from redistill.train.build import load_teacher
     from redistill.train.data import build_datasets, eval_loader
@@ -75,8 +76,8 @@ def analyze_run(run_dir: Path, vanilla_dir: Path | None, images: int, data_root:
     std = torch.tensor(info.std).view(1, -1, 1, 1)
 
     s_refs = [f"{p['student']}.red_{p['side']}" for p in pairs]
-    v_refs = [p["student"] + (":in" if p["side"] == "in" else "") for p in pairs]
-    t_refs = [p["teacher"] + (":in" if p["side"] == "in" else "") for p in pairs]
+    v_refs = [make_ref(p["student"], p["side"]) for p in pairs]
+    t_refs = [make_ref(p["teacher"], p["side"]) for p in pairs]
     maps: dict[str, list[list[torch.Tensor]]] = {k: [[] for _ in pairs] for k in ("s", "v", "t", "x")}
     raws = []
     for x, _ in loader:
@@ -99,8 +100,7 @@ def analyze_run(run_dir: Path, vanilla_dir: Path | None, images: int, data_root:
                             f"teacher's {tuple(cat['t'][i].shape[1:])}; give the undistilled run of the same student")
     count = len(cat["t"][0])
     rows = []
-    for i, p in enumerate(pairs):
-        side = ":in" if p["side"] == "in" else ""
+    for i in range(len(pairs)):
         tm = cat["t"][i]
         dist = {
             "student": cos_dist(cat["s"][i], tm),
@@ -109,7 +109,7 @@ def analyze_run(run_dir: Path, vanilla_dir: Path | None, images: int, data_root:
             "other image": cos_dist(tm.roll(1, dims=0), tm),
             "mean map": cos_dist(tm.mean(0, keepdim=True).expand_as(tm), tm),
         }
-        rows.append({"pair": f"{p['student']}{side} <-> {p['teacher']}{side}", "hw": list(tm.shape[-2:]),
+        rows.append({"pair": f"{v_refs[i]} <-> {t_refs[i]}", "hw": list(tm.shape[-2:]),
                      **{c: None if d is None else d.mean().item() for c, d in dist.items()}})
     k = min(4, count)
     examples = {"image": torch.cat(raws)[:k], "input": cat["x"][0][:k], "teacher": cat["t"][0][:k],
