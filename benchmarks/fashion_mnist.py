@@ -18,6 +18,7 @@ one resumed, so the protocol can be completed over several calls or moved to a G
         --teacher runs/compare_fashion_mnist/teacher                 # students only, one teacher
     python benchmarks/fashion_mnist.py ... --student cifar_resnet20:strides=2,1,2,1 --tag x2
     python benchmarks/fashion_mnist.py ... --subset 5000 --tag 5k     # STL10-sized training set
+    python benchmarks/fashion_mnist.py ... --tag canvas48 data.canvas=48  # translated Fashion-MNIST
 """
 
 from __future__ import annotations
@@ -317,6 +318,8 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
     js = args.results / f"{stem}.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
 
+    canvas = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.canvas=")), None)
+    canvas = None if canvas in (None, "null") else canvas
     gap = agg["gap_recovered"]
     per_seed = ", ".join("-" if g is None else f"{100 * g:.0f}%" for g in agg["gap_recovered_per_seed"])
     g = agg["groups"]
@@ -331,6 +334,8 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
              "6,000 more held out for validation)" if args.subset else
              "the full training split (54,000 images; 6,000 held out for validation)")
             + ", the full 10,000-image test set"))
+        + (f"; translated: every image at a fixed random place on a blank {canvas} x {canvas} square "
+           f"(`data.canvas={canvas}`)" if canvas else "")
         + f", {settings['teacher_epochs']} teacher epochs and {settings['student_epochs']} student epochs, batch "
         f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; "
         + (f"one teacher run (`{args.teacher}`, trained on {g['teacher']['device']}) is distilled by every seed. "

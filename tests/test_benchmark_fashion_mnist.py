@@ -123,7 +123,12 @@ def test_kd_group_and_subset_in_results(fm, tmp_path):
     text = md.read_text()
     assert "a 5,000-image subset of the training split" in text and "54,000" not in text
     assert "KD alone" in text and "**20%**" in text and "| kd |" in text and "KD [91.0, 91.2, 90.8]" in text
-    assert "learn from teacher seed s" in text
+    assert "learn from teacher seed s" in text and "translated" not in text
+    args = fm.parse_args(["--results", str(tmp_path), "--kd", "--tag", "c48", "data.canvas=48"])
+    assert all("data.canvas=48" in fm.protocol_overrides(args, k, 0) for k in fm.kinds(args))
+    _, md, _ = fm.write_results(args, agg, summaries, 60.0, None)
+    assert md.name == "fashion_mnist_c48.md"
+    assert "translated: every image at a fixed random place on a blank 48 x 48 square" in md.read_text()
 
 
 @pytest.fixture(scope="module")

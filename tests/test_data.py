@@ -201,3 +201,39 @@ def test_preload_refuses_unsupported_augmentation():
     cfg = data_cfg(name="synthetic", augment={"crop": "resized"})
     with pytest.raises(UserError, match="augment.crop=resized"):
         preloaded_loaders(build_datasets(cfg), cfg, torch.device("cpu"))
+
+
+def test_canvas_puts_each_image_whole_at_one_seeded_place():
+    from redistill.train.data import place_on_canvas
+
+    images = torch.randint(1, 256, (200, 1, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = place_on_canvas(images, 12, seed=3)
+    assert out.shape == (200, 1, 12, 12) and out.dtype == torch.uint8
+    places = set()
+    for img, src in zip(out, images):
+        rows, cols = img[0].nonzero(as_tuple=True)  # the source has no zero pixel: its box is the image
+        top, left = int(rows.min()), int(cols.min())
+        assert (int(rows.max()) - top, int(cols.max()) - left) == (4, 6)
+        assert torch.equal(img[:, top : top + 5, left : left + 7], src)
+        assert int(img.count_nonzero()) == 35  # blank everywhere else
+        places.add((top, left))
+    assert len(places) > 20 and {t for t, _ in places} == set(range(8)) and {l for _, l in places} == set(range(6))
+    assert torch.equal(place_on_canvas(images, 12, seed=3), out)
+    assert not torch.equal(place_on_canvas(images, 12, seed=4), out)
+    square = images[:, :, :, :5]
+    assert torch.equal(place_on_canvas(square, 5, seed=0), square)  # a canvas the image's size leaves it as it is
+
+
+def test_canvas_through_build_datasets_and_preload():
+    from redistill.train.preload import preloaded_loaders
+
+    cfg = data_cfg(name="synthetic", canvas=24, batch_size=8, augment={"crop": "none", "flip": False})
+    splits = build_datasets(cfg)
+    assert splits.info.image_size == 24
+    assert splits.train[0][0].shape == splits.test[0][0].shape == (1, 24, 24)
+    x, _ = next(iter(preloaded_loaders(splits, cfg, torch.device("cpu"))[2]))
+    assert x.shape == (8, 1, 24, 24)
+    with pytest.raises(UserError, match=r"data.canvas=10 is smaller than the 16x16 images; set it to at least 16"):
+        build_datasets(data_cfg(name="synthetic", canvas=10))
+    with pytest.raises(UserError, match="data.canvas works for"):
+        build_datasets(data_cfg(name="imagefolder", root="/nonexistent", canvas=40))

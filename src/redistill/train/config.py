@@ -7,6 +7,7 @@ A config has six sections; every field has a default, so a YAML file only names 
   ``teacher`` and ``teacher_checkpoint`` (needed only with distillation), ``num_classes`` /
   ``in_channels`` (default: the dataset's), ``options`` (extra builder arguments, e.g. dropout).
 - ``data``: ``name`` (fashion_mnist | cifar10 | stl10 | imagefolder | synthetic), ``root``, ``image_size``,
+  ``canvas`` (a translated variant: each image at a fixed random place on a blank square of this side),
   ``subset`` (number of training images), ``val_fraction`` / ``val_subset`` / ``test_subset``,
   ``split_seed``, ``batch_size``, ``eval_batch_size``, ``workers``, ``preload`` (hold the data on
   the training device and augment whole batches there), ``augment`` (crop, flip, RandAugment,
@@ -70,6 +71,7 @@ class DataConfig:
     name: str = "fashion_mnist"
     root: Union[str, None] = None
     image_size: Union[int, None] = None
+    canvas: Union[int, None] = None
     subset: Union[int, None] = None
     val_fraction: float = 0.1
     val_subset: Union[int, None] = None

@@ -148,6 +148,27 @@ def synthetic_data(cfg: DataConfig) -> tuple[tuple, tuple]:
     return make(s.train_size), make(s.test_size)
 
 
+def place_on_canvas(images: torch.Tensor, side: int, seed: int) -> torch.Tensor:
+    """Each image of ``images`` (N, C, H, W) at a random place on a blank ``side`` x ``side`` square.
+
+    The places are drawn once from ``seed``, so every run (and every epoch) sees the same
+    translated data set, in the way "translated MNIST" is built; the background is zero, as
+    Fashion-MNIST's own is.
+    """
+    n, c, h, w = images.shape
+    if side < max(h, w):
+        raise UserError(f"data.canvas={side} is smaller than the {h}x{w} images; set it to at least {max(h, w)} or null")
+    gen = torch.Generator().manual_seed(seed)
+    top = torch.randint(0, side - h + 1, (n,), generator=gen)
+    left = torch.randint(0, side - w + 1, (n,), generator=gen)
+    out = images.new_zeros(n, c, side, side)
+    for dy in top.unique().tolist():  # one slice assignment per offset pair: (side - h + 1)^2 at most
+        for dx in left[top == dy].unique().tolist():
+            sel = ((top == dy) & (left == dx)).nonzero().squeeze(1)
+            out[sel, :, dy:dy + h, dx:dx + w] = images[sel]
+    return out
+
+
 # ---------------------------------------------------------------- transforms
 
 
@@ -230,6 +251,8 @@ def build_datasets(cfg: DataConfig) -> Splits:
         UserError: the data set is not where ``data.root`` says (the message names the path tried).
     """
     if cfg.name == "imagefolder":
+        if cfg.canvas is not None:
+            raise UserError("data.canvas works for fashion_mnist, cifar10, stl10 and synthetic; set data.canvas=null")
         return _imagefolder(cfg)
     if cfg.name == "synthetic":
         (train_x, train_y), (test_x, test_y) = synthetic_data(cfg)
@@ -244,6 +267,9 @@ def build_datasets(cfg: DataConfig) -> Splits:
         (train_x, train_y), (test_x, test_y) = loader(root)
         mean, std = _STATS[cfg.name]
         num_classes = 10
+    if cfg.canvas is not None:
+        train_x = place_on_canvas(train_x, cfg.canvas, cfg.split_seed)
+        test_x = place_on_canvas(test_x, cfg.canvas, cfg.split_seed + 1)
     native = train_x.shape[-1]
     info = DataInfo(cfg.name, num_classes, train_x.shape[1], cfg.image_size or native, mean, std)
     train_idx, val_idx = _split_indices(len(train_y), cfg)
