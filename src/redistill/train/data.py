@@ -162,10 +162,10 @@ def place_on_canvas(images: torch.Tensor, side: int, seed: int) -> torch.Tensor:
     top = torch.randint(0, side - h + 1, (n,), generator=gen)
     left = torch.randint(0, side - w + 1, (n,), generator=gen)
     out = images.new_zeros(n, c, side, side)
-    for dy in top.unique().tolist():  # one slice assignment per offset pair: (side - h + 1)^2 at most
-        for dx in left[top == dy].unique().tolist():
-            sel = ((top == dy) & (left == dx)).nonzero().squeeze(1)
-            out[sel, :, dy:dy + h, dx:dx + w] = images[sel]
+    places, group = torch.stack([top, left], dim=1).unique(dim=0, return_inverse=True)
+    for k, (dy, dx) in enumerate(places.tolist()):  # one slice assignment per place used
+        sel = (group == k).nonzero().squeeze(1)
+        out[sel, :, dy:dy + h, dx:dx + w] = images[sel]
     return out
 
 
