@@ -19,6 +19,8 @@ one resumed, so the protocol can be completed over several calls or moved to a G
     python benchmarks/fashion_mnist.py ... --student cifar_resnet20:strides=2,1,2,1 --tag x2
     python benchmarks/fashion_mnist.py ... --subset 5000 --tag 5k     # STL10-sized training set
     python benchmarks/fashion_mnist.py ... --tag canvas48 data.canvas=48  # translated Fashion-MNIST
+    python benchmarks/fashion_mnist.py ... --subset 5000 --out runs/fashion_mnist_5k --tag 5k_w1 \
+        --red-weights 1 1                                            # RED loss CE + alpha * L_RED
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def teacher_dir(args: argparse.Namespace, seed: int) -> Path:
     return args.teacher if args.teacher is not None else args.out / f"teacher_s{seed}"
 
 
+def weights_suffix(args: argparse.Namespace, kind: str) -> str:
+    """``_w<task>-<distill>`` in the run names of RED kinds trained with ``--red-weights``."""
+    if kind not in RED_KINDS or not args.red_weights:
+        return ""
+    return f"_w{args.red_weights[0]:g}-{args.red_weights[1]:g}"
+
+
 def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[str]:
     """Dotted overrides turning a quickstart config into one run of the protocol."""
     if args.quick:
@@ -85,6 +94,8 @@ def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[s
         ov.append(f"model.teacher_checkpoint={teacher_dir(args, seed)}")
     if kind in ("red_kd", "kd"):
         ov.append(f"distill.method={kind}")
+    if kind in RED_KINDS and args.red_weights:
+        ov += [f"distill.options.w_task={args.red_weights[0]}", f"distill.options.w_distill={args.red_weights[1]}"]
     return ov + list(args.overrides)
 
 
@@ -130,7 +141,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
     red_kinds = [k for k in kinds(args) if k in RED_KINDS]
 
     def job(kind: str, seed: int, alpha: float | None = None):
-        name = f"{kind}_s{seed}" if alpha is None else f"{kind}_a{alpha:g}_s{seed}"
+        name = kind + ("" if alpha is None else f"_a{alpha:g}") + weights_suffix(args, kind) + f"_s{seed}"
         extra = [] if alpha is None else [f"distill.options.alpha={alpha}"]
         overrides = protocol_overrides(args, kind, seed) + extra
         return str(args.configs / CONFIG_FILES[kind]), overrides, str(out / name), threads
@@ -320,6 +331,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
 
     canvas = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.canvas=")), None)
     canvas = None if canvas in (None, "null") else canvas
+    others = [o for o in args.overrides if not o.startswith("data.canvas=")]
     gap = agg["gap_recovered"]
     per_seed = ", ".join("-" if g is None else f"{100 * g:.0f}%" for g in agg["gap_recovered_per_seed"])
     g = agg["groups"]
@@ -341,6 +353,9 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         + (f"one teacher run (`{args.teacher}`, trained on {g['teacher']['device']}) is distilled by every seed. "
            if args.teacher is not None else "the distilled students of seed s learn from teacher seed s. ")
         + (f"Student: `{args.student}`. " if args.student else "")
+        + ("RED loss weights (--red-weights): w_task {:g}, w_distill {:g} (the configs' 0.5 / 0.5 replaced). "
+           .format(*args.red_weights) if args.red_weights else "")
+        + (f"Every run also takes {', '.join(f'`{o}`' for o in others)}. " if others else "")
         + f"Device(s): {', '.join(settings['devices'])}. Wall time of this call: {wall_s / 60:.1f} min "
         "(reused runs cost nothing).",
         "",
@@ -415,6 +430,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="student spec for the vanilla and RED runs (default: the configs'), "
                         "e.g. cifar_resnet20:strides=4,1,1,1:stem_kernel=5")
     p.add_argument("--tag", default="", help="suffix of the results files and run folder (e.g. x2)")
+    p.add_argument("--red-weights", type=float, nargs=2, metavar=("W_TASK", "W_DISTILL"), default=None,
+                   help="loss weights of the RED students (default: the config's 0.5 0.5, the authors'); "
+                        "the run names get _w<task>-<distill>, so teacher and vanilla runs are reused")
     p.add_argument("--red-kd", action="store_true", help="also train RED + KD students (one more group)")
     p.add_argument("--kd", action="store_true", help="also train KD students without RED (one more group)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 images, 1 epoch, seeds 0 1")

@@ -53,6 +53,20 @@ def test_protocol_overrides(fm, tmp_path):
             fm.parse_args(bad)
 
 
+def test_red_weights_reach_only_red_runs_and_their_names(fm, tmp_path):
+    args = fm.parse_args(["--red-weights", "1", "1", "--red-kd", "--kd", "--out", str(tmp_path)])
+    for kind in fm.kinds(args):
+        ov = fm.protocol_overrides(args, kind, 0)
+        red = kind in ("red", "red_kd")
+        assert ("distill.options.w_task=1.0" in ov and "distill.options.w_distill=1.0" in ov) == red
+        assert fm.weights_suffix(args, kind) == ("_w1-1" if red else "")
+    plain = fm.parse_args(["--out", str(tmp_path)])
+    assert fm.weights_suffix(plain, "red") == ""
+    assert not any("w_task" in o for o in fm.protocol_overrides(plain, "red", 0))
+    with pytest.raises(SystemExit):
+        fm.parse_args(["--red-weights", "1"])
+
+
 def test_shared_teacher_student_spec_and_red_kd_overrides(fm, tmp_path):
     spec = "cifar_resnet20:strides=4,1,1,1:stem_kernel=5"
     args = fm.parse_args(["--teacher", str(tmp_path / "t"), "--student", spec, "--red-kd", "--out", str(tmp_path)])
@@ -123,12 +137,20 @@ def test_kd_group_and_subset_in_results(fm, tmp_path):
     text = md.read_text()
     assert "a 5,000-image subset of the training split" in text and "54,000" not in text
     assert "KD alone" in text and "**20%**" in text and "| kd |" in text and "KD [91.0, 91.2, 90.8]" in text
-    assert "learn from teacher seed s" in text and "translated" not in text
-    args = fm.parse_args(["--results", str(tmp_path), "--kd", "--tag", "c48", "data.canvas=48"])
+    assert "learn from teacher seed s" in text and "translated" not in text and "also takes" not in text
+    assert "--red-weights" not in text
+    args = fm.parse_args(["--results", str(tmp_path), "--red-weights", "1", "0.5", "--tag", "w"])
+    _, md, _ = fm.write_results(args, agg, summaries, 60.0, None)
+    assert "RED loss weights (--red-weights): w_task 1, w_distill 0.5 (the configs' 0.5 / 0.5 replaced)." \
+        in md.read_text()
+    args = fm.parse_args(["--results", str(tmp_path), "--kd", "--tag", "c48", "data.canvas=48",
+                          "data.augment.mixup_alpha=0.2"])
     assert all("data.canvas=48" in fm.protocol_overrides(args, k, 0) for k in fm.kinds(args))
     _, md, _ = fm.write_results(args, agg, summaries, 60.0, None)
     assert md.name == "fashion_mnist_c48.md"
-    assert "translated: every image at a fixed random place on a blank 48 x 48 square" in md.read_text()
+    text = md.read_text()
+    assert "translated: every image at a fixed random place on a blank 48 x 48 square" in text
+    assert "Every run also takes `data.augment.mixup_alpha=0.2`." in text
 
 
 @pytest.fixture(scope="module")
