@@ -323,6 +323,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "teacher_epochs": agg["groups"]["teacher"]["epochs"], "student_epochs": agg["groups"]["red"]["epochs"],
         "teacher": None if args.teacher is None else str(args.teacher), "student": args.student,
         "jobs": args.jobs, "overrides": args.overrides, "wall_s": wall_s,
+        "subset": args.subset, "red_weights": args.red_weights, "tag": args.tag, "argv": args.argv,
         "devices": sorted({s.get("device", "?") for s in summaries.values()}),
     }
     data = {"settings": settings, **agg, "alpha_selection": selection, "runs": summaries}
