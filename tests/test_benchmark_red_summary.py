@@ -1,0 +1,63 @@
+"""benchmarks/red_summary.py: one row per fashion_mnist.py results file, the gap shares and the target count."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_benchmark_fashion_mnist import _summary
+
+
+@pytest.fixture(scope="module")
+def fm(load_benchmark):
+    return load_benchmark("fashion_mnist.py")
+
+
+@pytest.fixture(scope="module")
+def rs(load_benchmark):
+    return load_benchmark("red_summary.py")
+
+
+def _protocol_file(fm, results, argv: list[str], accs: dict[str, list[float]]) -> None:
+    """A results file as fashion_mnist.py writes it, from made-up per-seed accuracies."""
+    summaries = {f"{k}_s{s}": _summary(k, a, a) for k, v in accs.items() for s, a in enumerate(v)}
+    args = fm.parse_args(["--results", str(results), *argv])
+    fm.write_results(args, fm.aggregate(summaries, args.seeds, fm.kinds(args)), summaries, 1.0, None)
+
+
+def test_rows_gap_shares_and_target(fm, rs, tmp_path):
+    teacher = [94.0, 94.0, 94.0]
+    _protocol_file(fm, tmp_path, ["--subset", "5000", "--tag", "5k", "--kd", "--red-weights", "1", "1",
+                                  "data.canvas=48"],
+                   {"teacher": teacher, "vanilla": [90.0] * 3, "red": [92.0, 92.4, 91.6], "kd": [90.4] * 3})
+    _protocol_file(fm, tmp_path, ["--student-epochs", "10"],
+                   {"teacher": teacher, "vanilla": [90.0] * 3, "red": [89.6] * 3})
+    _protocol_file(fm, tmp_path, ["--quick"], {"teacher": teacher[:2], "vanilla": [90.0] * 2, "red": [93.0] * 2})
+    (tmp_path / "fashion_mnist_variants.json").write_text(json.dumps({"rows": []}))  # another script's file
+
+    assert rs.main(["--results", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "red_summary.json").read_text())["rows"]
+    assert [r["file"] for r in rows] == ["fashion_mnist", "fashion_mnist_5k"]  # quick run and variants left out
+    full, small = rows
+    assert full["gap"]["red"] == pytest.approx(-0.1) and "kd" not in full["gap"]
+    assert full["train images"] == "54,000" and full["change"] == "-"
+    assert small["gap"]["red"] == pytest.approx(0.5) and small["gap"]["kd"] == pytest.approx(0.1)
+    assert small["train images"] == "5,000" and small["epochs (teacher / student)"] == "20 / 20"
+    assert small["change"] == "translated (48 x 48 canvas), RED loss 1 CE + 1 mean(alpha L)"
+    assert small["command"].endswith("--red-weights 1 1 data.canvas=48")
+    text = (tmp_path / "red_summary.md").read_text()
+    assert "| `fashion_mnist_5k` | cifar_resnet20 [4,1,1,1] | 5,000 |" in text
+    assert "**50%** (50%, 60%, 40%) | 10% | - |" in text
+    assert "meets the >= 50% target in 1 of 2 settings: fashion_mnist_5k." in text
+    assert "it recovers more than RED in 0." in text
+    assert (tmp_path / "red_summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_file_from_an_older_script_is_one_clear_error(rs, tmp_path, capsys):
+    old = {"settings": {"quick": False, "seeds": [0], "overrides": []}, "groups": {}, "gap_recovered": None}
+    (tmp_path / "fashion_mnist_old.json").write_text(json.dumps(old))
+    assert rs.main(["--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "fashion_mnist_old.json lacks subset, red_weights, argv" in err
+    assert "rerun the command" in err and not (tmp_path / "red_summary.md").exists()
