@@ -69,6 +69,34 @@ def test_existing_run_dir_is_never_overwritten_silently(teacher_run, tmp_path):
     assert (stranger / "precious.txt").is_file()
 
 
+_LOCKER = """
+import sys, time
+from pathlib import Path
+from redistill.train.trainer import run_dir_lock
+with run_dir_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_directory_another_process_trains_into_is_refused(teacher_run):
+    run_dir, summary = teacher_run
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    other = subprocess.Popen([sys.executable, "-c", _LOCKER, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        for how in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(UserError, match="in use by another training process"):
+                run_training(tiny(), run_dir, **how)
+    finally:
+        other.kill()
+        other.wait()
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # nothing touched
+    # The kernel drops the lock with the process that held it: the run can be used again.
+    assert run_training(tiny(), run_dir, resume=True) == summary
+
+
 def test_resume_refuses_a_different_config(teacher_run):
     run_dir, _ = teacher_run
     with pytest.raises(UserError, match="optim.lr"):

@@ -3,7 +3,9 @@ distilled students alike.
 
 A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per
 epoch with every loss term by name), ``tb/`` (TensorBoard events), ``last.pt`` and ``best.pt``
-(best validation accuracy) and, at the end, ``summary.json``.
+(best validation accuracy) and, at the end, ``summary.json``. While a process trains into it, it
+also holds an exclusive lock on the directory's ``.lock`` file, so a second process started on the
+same directory stops with a message instead of writing over the first one's files.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import random
 import shutil
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -56,16 +58,52 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` (creating it) for as long as the block runs.
+
+    The lock is an ``flock`` on ``run_dir/.lock``: the kernel releases it when the process ends,
+    however it ends, so a killed run never leaves a stale lock behind. Where ``fcntl`` does not
+    exist (not POSIX) no lock is taken.
+
+    Raises:
+        UserError: another process holds the lock (it is training into this directory).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"run directory {run_dir} is in use by another training process; wait for it to end "
+                "(or stop it) or train into another directory"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: pick one")
-    used = run_dir.exists() and any(run_dir.iterdir())
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
+    used = bool(entries)
     if used and not (resume or overwrite):
         raise UserError(f"run directory {run_dir} already exists: pass --resume to continue it or --overwrite to start over")
     if used and overwrite:
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir} is not a redistill run directory (no config.yaml); refusing to delete it")
-        shutil.rmtree(run_dir)
+        for entry in entries:  # the lock file stays: this process holds it
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     if used and resume and (run_dir / "config.yaml").is_file():
         old = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
         new = _flatten(cfg.to_dict())
@@ -352,10 +390,12 @@ def run_training(
     env = dd.init_distributed(device_type)
     old_deterministic = torch.are_deterministic_algorithms_enabled()
     old_benchmark = torch.backends.cudnn.benchmark
+    held = ExitStack()  # the run directory's lock, held by the main process until the end
     try:
         error = None
         if env.is_main:
             try:
+                held.enter_context(run_dir_lock(run_dir))
                 _prepare_run_dir(run_dir, cfg, resume, overwrite)
             except UserError as err:
                 error = str(err)
@@ -376,6 +416,7 @@ def run_training(
         device = _pick_device(cfg.run.device, env)
         return _train(cfg, run_dir, env, device, resume)
     finally:
+        held.close()
         torch.use_deterministic_algorithms(old_deterministic)
         torch.backends.cudnn.benchmark = old_benchmark
         dd.close_distributed(env)
