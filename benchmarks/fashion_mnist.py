@@ -54,7 +54,9 @@ def kinds(args: argparse.Namespace) -> tuple[str, ...]:
 
 def teacher_dir(args: argparse.Namespace, seed: int) -> Path:
     """The teacher run distilled by the students of ``seed``."""
-    return args.teacher if args.teacher is not None else args.out / f"teacher_s{seed}"
+    if args.teacher is not None:
+        return args.teacher
+    return (args.teachers or args.out) / f"teacher_s{seed}"
 
 
 def weights_suffix(args: argparse.Namespace, kind: str) -> str:
@@ -113,14 +115,14 @@ def _run_one(config_path: str, overrides: list[str], run_dir: str, threads: int)
     return run_dir, summary, status, time.perf_counter() - start
 
 
-def shared_teacher(path: Path) -> dict:
-    """The summary of a finished teacher run given with ``--teacher``."""
+def shared_teacher(path: Path, flag: str = "--teacher") -> dict:
+    """The summary of a finished teacher run given with ``flag`` (``--teacher`` or ``--teachers``)."""
     from redistill.errors import UserError
 
     summary = path / "summary.json"
     if not summary.is_file() or not (path / "best.pt").is_file():
-        raise UserError(f"--teacher {path}: no finished run there (summary.json and best.pt are needed); "
-                        "train it first or drop --teacher")
+        raise UserError(f"{flag} {path}: no finished run there (summary.json and best.pt are needed); "
+                        f"train it first or drop {flag}")
     return json.loads(summary.read_text())
 
 
@@ -182,12 +184,15 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
                 summaries[f"teacher_s{seed}"] = teacher
             print(f"teacher: {args.teacher} (val acc {teacher['val_acc']:.2f}%, test acc "
                   f"{teacher['test_acc']:.2f}%), shared by every seed", flush=True)
+        elif args.teachers is not None:
+            for seed in args.seeds:
+                summaries[f"teacher_s{seed}"] = shared_teacher(teacher_dir(args, seed), "--teachers")
         else:
             for seed in args.seeds:  # teachers first: the RED runs wait for them
                 submit("teacher", seed)
         for seed in args.seeds:
             submit("vanilla", seed)
-        if args.teacher is not None:
+        if args.teacher is not None or args.teachers is not None:
             for seed in args.seeds:
                 teacher_ready(seed)
         while pending:
@@ -322,6 +327,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "quick": args.quick, "seeds": args.seeds, "batch_size": args.batch_size, "device": args.device,
         "teacher_epochs": agg["groups"]["teacher"]["epochs"], "student_epochs": agg["groups"]["red"]["epochs"],
         "teacher": None if args.teacher is None else str(args.teacher), "student": args.student,
+        "teachers": None if args.teachers is None else str(args.teachers),
         "jobs": args.jobs, "overrides": args.overrides, "wall_s": wall_s,
         "subset": args.subset, "red_weights": args.red_weights, "tag": args.tag, "argv": args.argv,
         "devices": sorted({s.get("device", "?") for s in summaries.values()}),
@@ -352,7 +358,9 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         + f", {settings['teacher_epochs']} teacher epochs and {settings['student_epochs']} student epochs, batch "
         f"{args.batch_size}, seeds {', '.join(map(str, args.seeds))}; "
         + (f"one teacher run (`{args.teacher}`, trained on {g['teacher']['device']}) is distilled by every seed. "
-           if args.teacher is not None else "the distilled students of seed s learn from teacher seed s. ")
+           if args.teacher is not None else "the distilled students of seed s learn from teacher seed s"
+           + (f" (the finished `teacher_s<seed>` runs in `{args.teachers}`, not trained in this call). "
+              if args.teachers is not None else ". "))
         + (f"Student: `{args.student}`. " if args.student else "")
         + ("RED loss weights (--red-weights): w_task {:g}, w_distill {:g} (the configs' 0.5 / 0.5 replaced). "
            .format(*args.red_weights) if args.red_weights else "")
@@ -427,6 +435,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="RED alphas to try on the first seed; the best on validation is used for all seeds")
     p.add_argument("--teacher", type=Path, default=None,
                    help="a finished teacher run directory distilled by every seed (no teacher is trained)")
+    p.add_argument("--teachers", type=Path, default=None,
+                   help="a folder of an earlier call with finished teacher_s<seed> runs, distilled seed by seed "
+                        "(no teacher is trained), e.g. to try another student against the same teachers")
     p.add_argument("--student", default=None,
                    help="student spec for the vanilla and RED runs (default: the configs'), "
                         "e.g. cifar_resnet20:strides=4,1,1,1:stem_kernel=5")
@@ -448,6 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "and cannot be combined with --quick")
     if args.seeds is None:
         args.seeds = [0, 1] if args.quick else [0, 1, 2]
+    if args.teacher is not None and args.teachers is not None:
+        p.error("--teacher (one run for every seed) and --teachers (one run per seed) exclude each other")
     if args.workers is None:
         cores = os.cpu_count() or 1
         args.workers = max(1, min(6, cores // max(1, args.jobs) - 1)) if cores > 2 else 0

@@ -86,6 +86,15 @@ def test_shared_teacher_student_spec_and_red_kd_overrides(fm, tmp_path):
     with pytest.raises(UserError, match="no finished run"):
         fm.shared_teacher(tmp_path / "t")
 
+    # --teachers: the teacher_s<seed> runs of an earlier call's folder, one per seed.
+    per_seed = fm.parse_args(["--teachers", str(tmp_path / "old"), "--out", str(tmp_path)])
+    assert fm.teacher_dir(per_seed, 2) == tmp_path / "old" / "teacher_s2"
+    assert f"model.teacher_checkpoint={tmp_path / 'old' / 'teacher_s1'}" in fm.protocol_overrides(per_seed, "red", 1)
+    with pytest.raises(UserError, match="--teachers .*teacher_s0: no finished run"):
+        fm.shared_teacher(fm.teacher_dir(per_seed, 0), "--teachers")
+    with pytest.raises(SystemExit):
+        fm.parse_args(["--teacher", "a", "--teachers", "b"])
+
 
 def test_aggregate_and_results(fm, tmp_path):
     accs = {"teacher": [93.0, 93.4, 92.6], "vanilla": [90.0, 90.2, 89.8], "red": [91.6, 91.9, 91.3]}
@@ -252,3 +261,12 @@ def test_protocol_end_to_end_on_tiny_synthetic_runs(tmp_path):
     text = (res / "fashion_mnist_shared.md").read_text()
     assert "is distilled by every seed" in text and "RED loss terms" in text
     assert len(json.loads((res / "fashion_mnist_shared.json").read_text())["groups"]["teacher"]["test_acc"]) == 1
+
+    # The first call's teachers again, seed by seed, for new students: no teacher is trained.
+    per_seed = tmp_path / "per_seed"
+    run([*common, "--teachers", str(out), "--out", str(per_seed), "--results", str(res), "--tag", "per_seed"])
+    assert sorted(p.name for p in per_seed.iterdir()) == ["red_s0", "red_s1", "vanilla_s0", "vanilla_s1"]
+    for seed in (0, 1):
+        cfg = yaml.safe_load((per_seed / f"red_s{seed}" / "config.yaml").read_text())
+        assert cfg["model"]["teacher_checkpoint"] == str(out / f"teacher_s{seed}")
+    assert "not trained in this call" in (res / "fashion_mnist_per_seed.md").read_text()
