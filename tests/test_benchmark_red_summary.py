@@ -50,7 +50,7 @@ def test_rows_gap_shares_and_target(fm, rs, tmp_path):
     assert "| `fashion_mnist_5k` | cifar_resnet20 [4,1,1,1] | 5,000 |" in text
     assert "**50%** (50%, 60%, 40%) | 10% | - |" in text
     assert "meets the >= 50% target in 1 of 2 settings: fashion_mnist_5k." in text
-    assert "it recovers more than RED in 0." in text
+    assert "(1 settings, 1 distinct sets of KD runs" in text and "it recovers more than RED in 0." in text
     assert (tmp_path / "red_summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
