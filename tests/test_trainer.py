@@ -67,6 +67,10 @@ def test_existing_run_dir_is_never_overwritten_silently(teacher_run, tmp_path):
     with pytest.raises(UserError, match="not a redistill run directory"):
         run_training(tiny(), stranger, overwrite=True)
     assert (stranger / "precious.txt").is_file()
+    fresh = tmp_path / "fresh"
+    with pytest.raises(UserError, match="exclude each other"):
+        run_training(tiny(), fresh, resume=True, overwrite=True)
+    assert not fresh.exists()  # refused before anything (the lock included) touched the disk
 
 
 _LOCKER = """

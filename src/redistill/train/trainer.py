@@ -93,8 +93,6 @@ def run_dir_lock(run_dir: Path):
 
 
 def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other: pick one")
     entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
     used = bool(entries)
     if used and not (resume or overwrite):
@@ -103,7 +101,10 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) 
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir} is not a redistill run directory (no config.yaml); refusing to delete it")
         for entry in entries:  # the lock file stays: this process holds it
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     if used and resume and (run_dir / "config.yaml").is_file():
         old = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
         new = _flatten(cfg.to_dict())
@@ -384,6 +385,8 @@ def run_training(
         UserError: bad config, missing data, an existing run directory without resume/overwrite,
             a bad checkpoint, or a loss that became NaN/inf (the last good checkpoint is kept).
     """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: pick one")
     cfg = cfg if isinstance(cfg, Config) else load_config(cfg)
     run_dir = Path(run_dir)
     device_type = "cuda" if cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available()) else "cpu"
