@@ -71,7 +71,7 @@ def load(results: Path) -> list[dict]:
             # one shared teacher run has no spread over seeds
             "acc_std": {k: None if k == "teacher" and data.get("shared_teacher") else g[k]["test_acc_std"]
                         for k in g},
-            "gap": {k: v for k, v in data["gap_recovered_by_group"].items()},
+            "gap": dict(data["gap_recovered_by_group"]),
             "gap_per_seed": data["gap_recovered_per_seed"],
             "command": "python benchmarks/fashion_mnist.py " + " ".join(settings["argv"]),
             # which KD runs the row shows: a call that reused another call's runs shows the same ones
