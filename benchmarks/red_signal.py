@@ -1,7 +1,7 @@
 """How much a RED target tells the student beyond what its input already shows.
 
 For every pair of finished RED runs, on validation images, the cosine distance of the RED loss
-(``1 - cos`` of channel-mean maps, METHOD.md s.4) between the teacher's map and:
+(``1 - cos`` of channel-mean maps, docs/method.md s.4) between the teacher's map and:
 
 - ``student``: the trained RED block's output (the RED loss the run reached, measured in eval mode);
 - ``vanilla``: the same point of an undistilled student (``--vanilla``), no RED block (for a

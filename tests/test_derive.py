@@ -12,7 +12,7 @@ import torchvision
 from redistill.errors import UserError
 from redistill.models import create_model, derive_student, model_slots, model_spec
 
-# Every teacher/student pair of METHOD.md section 2 (classification) with its authors' resolution.
+# Every teacher/student pair of docs/method.md section 2 (classification) with its authors' resolution.
 PAIRS = [
     ("mobilenetv2-1-1222121", 4, "mobilenetv2-4-1221111", 128),
     ("mobilenetv2-1-1222121", 8, "mobilenetv2-8-1211111", 128),

@@ -20,7 +20,7 @@ def tv(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kw).eval()
 
 
-# -- the published figures (METHOD.md section 9) ---------------------------------------
+# -- the published figures (docs/method.md section 9) ---------------------------------------
 @pytest.mark.parametrize(
     "name, kwargs, kib",
     [

@@ -174,7 +174,7 @@ def test_layers_report_and_cli(capsys):
         layers.parse_shape("3x16x16")
 
 
-# --- the authors' pairs (METHOD.md s.5) on this project's model families -------------------
+# --- the authors' pairs (docs/method.md s.5) on this project's model families -------------------
 
 
 def _authors(student_spec: str, teacher_spec: str, size: int) -> list[tuple[str, str, str]]:

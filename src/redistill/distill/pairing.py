@@ -1,6 +1,6 @@
 """Student/teacher feature pairs for RED: config parsing, validation and the auto rule.
 
-METHOD.md s.5: the aggressive student stem gets an output-side RED matched with the
+docs/method.md s.5: the aggressive student stem gets an output-side RED matched with the
 first teacher layer whose output has the same H x W; every later student layer that
 still down-samples gets an input- and an output-side RED matched with the teacher's
 down-sampling layer with the same input and output H x W. Everything here is read
@@ -374,7 +374,7 @@ def _chw(shape: Sequence[int]) -> str:
 
 def _stem_name(model: nn.Module, unit: LayerInfo, rows: list[LayerInfo]) -> str:
     # Models of this project declare their stride slots; the stem slot (e.g. MobileNetV2's
-    # conv-bn-relu6 `features.0`) is "the stem" of METHOD.md, not just the conv inside it.
+    # conv-bn-relu6 `features.0`) is "the stem" of docs/method.md, not just the conv inside it.
     slots = getattr(model, "stride_slots", None)
     if slots:
         stem = slots[0]
@@ -393,7 +393,7 @@ def auto_pairs(
     alpha: float = 1.0,
     red: dict | None = None,
 ) -> list[Pair]:
-    """Propose pairs by the rule of METHOD.md s.5, from resolutions alone.
+    """Propose pairs by the rule of docs/method.md s.5, from resolutions alone.
 
     Args:
         student, teacher: the two models.

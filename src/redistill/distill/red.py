@@ -1,6 +1,6 @@
 """RED blocks, the module surgery that inserts them, the RED loss and the "red" method.
 
-METHOD.md s.3-4: for a student feature ``x`` (C channels) the block computes
+docs/method.md s.3-4: for a student feature ``x`` (C channels) the block computes
 ``y = x * sigmoid(BN(conv_g(x))) + ReLU6(BN(conv_e(x)))`` and ``y`` replaces the
 activation, in training and in the deployed student. The loss compares channel-mean
 maps of ``y`` and of a teacher feature with the same H x W.
@@ -31,7 +31,7 @@ def _conv_bn(channels: int, kernel: int, what: str) -> list[nn.Module]:
 
 
 class REDBlock(nn.Module):
-    """Residual encoded block ``y = x * g(x) + r(x)`` (METHOD.md s.3).
+    """Residual encoded block ``y = x * g(x) + r(x)`` (docs/method.md s.3).
 
     Args:
         channels: channels C of the student feature (kept by the block).
@@ -233,7 +233,7 @@ def channel_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def red_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
-    """RED distance between channel-mean maps (METHOD.md s.4).
+    """RED distance between channel-mean maps (docs/method.md s.4).
 
     Args:
         student_feat: (B, Cs, H, W), the RED block output.
@@ -264,7 +264,7 @@ class REDMethod(DistillMethod):
     pair's term ``red/<layer>[:in]`` weighs ``w_distill * alpha_k / K``.
 
     Args:
-        pairs: "auto" (proposed from resolutions, METHOD.md s.5) or a list of pairs:
+        pairs: "auto" (proposed from resolutions, docs/method.md s.5) or a list of pairs:
             :class:`~redistill.distill.pairing.Pair` objects, dicts with keys student,
             teacher, side, distance, alpha, red, or strings ``"conv1 -> layer2.0"``.
         distance: default distance of pairs that do not set one ("cosine" or "mse").

@@ -1,4 +1,4 @@
-"""Student derivation by stride relocation (METHOD.md section 2).
+"""Student derivation by stride relocation (docs/method.md section 2).
 
 The student multiplies the stem stride by ``factor`` and sets log2(factor) later stride-2
 slots to 1, so the total reduction (and the classifier input) is unchanged.

@@ -17,7 +17,7 @@ from redistill.models.registry import register_model
 
 SLOTS = ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4")
 IMAGENET_STRIDES = (2, 2, 1, 2, 2, 2)
-# The authors' students drop layer4 first, then the max-pool, then layer3 (METHOD.md section 2:
+# The authors' students drop layer4 first, then the max-pool, then layer3 (docs/method.md section 2:
 # resnext18-2-21221, -4-11221, -8-11211 and ResNet [8,1,1,2,2,1]).
 DROP_ORDER = ("layer4", "maxpool", "layer3", "layer2", "layer1")
 

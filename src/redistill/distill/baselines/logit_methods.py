@@ -138,7 +138,7 @@ class REDKDMethod(DistillMethod):
 
     Args:
         kd_weight: weight of the ``kd`` term.
-        temperature: KD temperature (METHOD.md: 2..4).
+        temperature: KD temperature (docs/method.md: 2..4).
         **red_options: options of the ``red`` method (pairs, distance, alpha, w_task,
             w_distill, red).
     """
