@@ -22,8 +22,7 @@ import torch
 
 from redistill.flops import count_flops, count_params
 from redistill.memory import analyze_memory, fmt_bytes, plot_reports
-from redistill.models import create_model, derive_student
-from redistill.models.plan import spec_string
+from redistill.models import build_family, derive_student, spec_string
 
 # (dataset, teacher spec, factor, authors' student spec, input shape, options)
 PAIRS = [
@@ -56,11 +55,13 @@ def side(model: torch.nn.Module, shape: tuple[int, ...]) -> tuple[dict, object]:
 
 
 def run_pair(dataset, teacher_spec, factor, student_spec, shape, options, out: Path) -> dict:
-    teacher = create_model(teacher_spec, **options).eval()
-    student = derive_student(teacher, factor).eval()
-    expected = create_model(student_spec, **options).strides
-    if student.strides != expected:
-        raise SystemExit(f"{teacher_spec} x{factor}: derived {student.strides}, authors' {expected}")
+    built = build_family(teacher_spec, **options)
+    teacher = built.module.eval()
+    student, info = derive_student(built, factor)
+    student = student.eval()
+    expected = build_family(student_spec, **options).info.strides
+    if info.strides != expected:
+        raise SystemExit(f"{teacher_spec} x{factor}: derived {list(info.strides)}, authors' {list(expected)}")
     t, t_rep = side(teacher, shape)
     s, s_rep = side(student, shape)
     slug = f"{teacher_spec.split('-')[0]}_x{factor}"
@@ -68,7 +69,7 @@ def run_pair(dataset, teacher_spec, factor, student_spec, shape, options, out: P
                         out / f"derive_{slug}.png")
     return {
         "dataset": dataset, "teacher": teacher_spec, "factor": factor, "student": student_spec,
-        "student_derived": spec_string({"name": teacher._redistill_spec["name"], "strides": student.strides}),
+        "student_derived": spec_string(info.spec),
         "input": list(shape), "teacher_figures": t, "student_figures": s,
         "ratio_fp32_live": t["fp32_live"] / s["fp32_live"], "ratio_fp32_layer": t["fp32_layer"] / s["fp32_layer"],
         "plot": plot.name,

@@ -232,7 +232,7 @@ def aggregate(summaries: dict[str, dict], seeds: list[int], groups_: tuple[str, 
 
     With ``shared_teacher`` every seed used one teacher run, counted once.
     """
-    from redistill import report
+    from redistill import results as report
 
     groups = {}
     for kind in groups_:
@@ -273,7 +273,7 @@ def aggregate(summaries: dict[str, dict], seeds: list[int], groups_: tuple[str, 
 
 
 def _rows(agg: dict):
-    from redistill import report
+    from redistill import results as report
     from redistill.demo import result_row
 
     rows = []
@@ -314,7 +314,7 @@ def results_stem(args: argparse.Namespace) -> str:
 
 def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: float, selection: dict | None) -> list[Path]:
     """benchmarks/results/fashion_mnist[_quick].{json,md,png}."""
-    from redistill import report
+    from redistill import results as report
 
     stem = results_stem(args)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def write_results(args: argparse.Namespace, summaries: dict[str, dict], teacher:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from redistill import report
+    from redistill import results as report
 
     t_val = teacher["val_acc"]
     rows = []

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_memory import SmallUNet  # noqa: E402  (the UNet the tests use)
-
-from redistill.memory import analyze_memory  # noqa: E402
+from redistill.memory import analyze_memory
+from redistill.models.toy import SmallUNet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0",

@@ -62,7 +62,7 @@ def analyze_run(run_dir: Path, vanilla_dir: Path | None, images: int, data_root:
     pairs = summary.get("pairs") or []
     if summary.get("method") not in ("red", "red_kd") or not pairs:
         raise UserError(f"--run {run_dir}: not a RED run (method {summary.get('method')!r}); give a RED student run")
-    student, cfg, info = load_run_model(run_dir)
+    student, cfg, info, _ = load_run_model(run_dir)
     teacher = load_teacher(cfg, info).eval()
     vanilla = load_run_model(vanilla_dir)[0] if vanilla_dir is not None else None
     if data_root is not None:

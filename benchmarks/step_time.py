@@ -38,9 +38,7 @@ def _sync(device: torch.device) -> None:
 
 def build(teacher_spec: str, student_spec: str, in_shape: tuple[int, ...], num_classes: int, device):
     """Teacher, vanilla student, RED Distiller and a plain copy of the RED student."""
-    from redistill.distill.distiller import Distiller
-    from redistill.distill.pairing import auto_pairs
-    from redistill.distill.red import REDMethod
+    from redistill.distill import Distiller, REDMethod, auto_pairs
     from redistill.models import create_model
 
     kw = dict(num_classes=num_classes, in_channels=in_shape[0])

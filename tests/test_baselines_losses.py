@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from redistill.distill.baselines import crd as C
-from redistill.distill.baselines import features as L
-from redistill.distill.baselines import logits as G
-from redistill.distill.baselines import relations as R
+from redistill.distill.baselines import feature_losses as L
+from redistill.distill.baselines import logit_losses as G
+from redistill.distill.baselines import relation_losses as R
 from redistill.distill.baselines.review import hcl_loss
 
 LN3, LN2 = math.log(3.0), math.log(2.0)

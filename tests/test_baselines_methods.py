@@ -211,22 +211,24 @@ def test_soft_targets_accepted():
 
 
 def test_selected_by_config_and_command_line_overrides():
-    train = pytest.importorskip("redistill.train")
+    from redistill import train
     from redistill.train.build import build_distiller
     from redistill.train.data import DataInfo
+    from redistill.train.task import ClassificationTask
 
     base = {"model": {"student": "cifar_resnet8:strides=4,1,1,1", "teacher": "cifar_resnet8", "options": {"width": 4}},
             "distill": {"method": "kd"}}
     cfg = train.load_config(base, ["distill.method=at", "distill.options={weight: 10, p: 1}"])
     info = DataInfo("synthetic", 5, 1, 16, (0.5,), (0.5,))
     teacher, _ = tiny_pair()
-    distiller = build_distiller(cfg, info, teacher)
+    distiller, student_info = build_distiller(cfg, info, ClassificationTask(), teacher)
+    assert student_info.strides == (4, 1, 1, 1)
     assert distiller.method.name == "at" and distiller.method.p == 1.0
     assert distiller.weight_of("at/layer2") == 10.0
 
 
 def test_mlld_reference_batch_rescales_batch_and_class_levels():
-    from redistill.distill.baselines.logits import mlld_loss
+    from redistill.distill.baselines.logit_losses import mlld_loss
 
     z_s, z_t = torch.randn(8, 5), torch.randn(8, 5)
     raw = mlld_loss(z_s, z_t, [2.0])

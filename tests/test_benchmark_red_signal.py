@@ -58,7 +58,7 @@ def test_student_column_is_the_red_loss_of_each_pair(rs, runs):
     assert len(pairs) == 3 and result["images"] == 24  # 25% of 96 held out
 
     # Recompute every pair's RED loss with the library, on the same validation images.
-    student, cfg, info = load_run_model(runs / "red")
+    student, cfg, info, _ = load_run_model(runs / "red")
     teacher = load_teacher(cfg, info).eval()
     val = build_datasets(cfg.data).val
     x = torch.stack([val[i][0] for i in range(len(val))])

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from redistill.errors import UserError
-from redistill.train.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from redistill.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 
 
 def test_round_trip_leaves_no_temporary_file(tmp_path):

@@ -64,9 +64,11 @@ def test_memory_factory_forms(capsys, tmp_path, monkeypatch):
     "argv, needle",
     [
         (["memory", "resnet81"], "did you mean"),
-        (["memory", "resnet18", "--input", "1x1x64x64"], "expects 3"),
-        (["memory", "resnet18", "--input", "1x3x64x"], "malformed input shape"),
-        (["memory", "resnet18", "--input", "64x64"], "malformed input shape"),
+        (["memory", "torchvision:resnet18", "--input", "1x1x64x64"], "takes 3-channel images"),
+        (["memory", "resnet18", "--input", "1x3x64x"], "NxCxHxW or CxHxW"),
+        (["memory", "resnet18", "--input", "64x64"], "NxCxHxW or CxHxW"),
+        (["memory", "redistill:mobilenet_v2"], "unknown model family"),
+        (["memory", "torchvision:resnet81"], "did you mean resnet18"),
         (["memory", "resnet18", "--plot", "/nonexistent-dir/p.png"], "/nonexistent-dir/p.png"),
         (["memory", "resnet18", "--json", "/proc/x.json"], "/proc/x.json"),
         (["memory", "nosuchmodule_xyz:factory"], "cannot import module"),
@@ -78,6 +80,26 @@ def test_bad_input_one_line_exit_2(argv, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_name_in_both_namespaces_says_which_one_won(capsys):
+    # The project's resnet18 and torchvision's have the same parameters but are other modules;
+    # the bare name is the project's, the prefix picks torchvision's, and the output says so.
+    from redistill.cli.main import main
+
+    assert main(["memory", "resnet18", "--input", "1x3x32x32", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18: redistill family resnet18 [2,2,1,2,2,2]" in out and "torchvision:resnet18" in out
+    assert main(["memory", "torchvision:resnet18", "--input", "1x3x32x32", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18: torchvision resnet18 (the project's family is redistill:resnet18)" in out
+
+
+def test_one_channel_input_builds_one_channel_families(capsys):
+    from redistill.cli.main import main
+
+    assert main(["memory", "cifar_resnet8", "--input", "1x28x28", "--top", "1"]) == 0
+    assert "cifar_resnet8" in capsys.readouterr().out
 
 
 def test_debug_shows_traceback():

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import torch
 
+from redistill.distill import auto_pairs, parse_pairs, validate_pairs
+from redistill.models import create_model
 from redistill.train import load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# The configs ship inside the package; `configs/` at the top of the checkout links there.
+CONFIGS = Path(str(resources.files("redistill") / "configs"))
 SHIPPED = sorted(p for d in ("demo", "stl10", "imagenet") for p in (CONFIGS / d).glob("*.yaml"))
 # (classes, channels) of each data set. Pairs depend on resolutions only through ratios, so
 # 3-channel recipes are checked at small sizes (32 px for the x16 STL10 nets, 64 px for the
@@ -37,11 +42,6 @@ def test_shipped_configs_exist():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_loads_and_pairs_validate(path):
-    import torch
-
-    from redistill.distill.pairing import auto_pairs, parse_pairs, validate_pairs
-    from redistill.models import create_model
-
     cfg = load_config(path)
     classes, channels, size = DATA[cfg.data.name]
     kw = dict(num_classes=classes, in_channels=channels, **cfg.model.options)
@@ -83,3 +83,16 @@ def test_family_shares_one_recipe(family):
     vanilla = next(c for n, c in cfgs.items() if n.endswith("vanilla"))
     assert red.model.teacher == teacher.model.student
     assert red.model.student == vanilla.model.student != teacher.model.student
+
+
+def test_checkout_configs_link_is_the_package_data():
+    checkout = Path(__file__).resolve().parents[1] / "configs"
+    assert checkout.resolve() == CONFIGS.resolve()
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "stl10").glob("*.yaml")), ids=lambda p: p.stem)
+def test_stl10_recipe_is_the_authors(path):
+    # The authors' run manager sets weight decay 0 for STL10, and only MobileNetV3-small has dropout.
+    cfg = load_config(path)
+    assert cfg.optim.weight_decay == 0.0
+    assert cfg.model.options["dropout"] == (0.2 if path.stem.startswith("mobilenetv3_small") else 0.0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from redistill.train.checkpoint import load_checkpoint
+from redistill.checkpoint import load_checkpoint
 
 CONFIG = {
     "model": {"student": "cifar_resnet8", "options": {"width": 4}},

@@ -10,7 +10,9 @@ import torch.nn as nn
 import torchvision
 
 from redistill.errors import UserError
-from redistill.models import create_model, derive_student, model_slots, model_spec
+from redistill.memory import analyze_memory
+from redistill.models import build_family, derive_student, model_slots
+from redistill.models.factory import build_spec
 
 # Every teacher/student pair of docs/method.md section 2 (classification) with its authors' resolution.
 PAIRS = [
@@ -57,19 +59,22 @@ def test_authors_pairs_are_reproduced(teacher_spec, factor, student_spec, px):
     in_ch = 1 if teacher_spec.startswith("cifar") else 3
     # Narrow models keep the test fast; strides and layouts do not depend on width.
     kw = {"in_channels": in_ch, "num_classes": 10, "width": _small_width(teacher_spec)}
-    teacher = create_model(teacher_spec, **kw).eval()
+    built = build_family(teacher_spec, **kw)
+    teacher, t_info = built.module.eval(), built.info
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student = derive_student(teacher, factor).eval()
+    student, s_info = derive_student(built, factor)
+    student = student.eval()
 
-    assert student.strides == create_model(student_spec, **kw).strides
-    assert math.prod(student.strides) == math.prod(teacher.strides)
-    assert student.strides[0] == teacher.strides[0] * factor
-    assert model_spec(student) == model_spec(create_model(student_spec, **kw))
-    assert teacher.strides == create_model(teacher_spec, **kw).strides  # the teacher is untouched
+    expected = build_family(student_spec, **kw).info
+    assert s_info.strides == expected.strides
+    assert math.prod(s_info.strides) == math.prod(t_info.strides)
+    assert s_info.strides[0] == t_info.strides[0] * factor
+    assert s_info.spec == expected.spec
+    assert t_info == build_family(teacher_spec, **kw).info  # the teacher is untouched
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
     # Twice the total reduction, smaller than the authors' px, keeps the test fast.
-    side = 2 * math.prod(teacher.strides)
+    side = 2 * math.prod(t_info.strides)
     x = torch.randn(1, in_ch, side, side)
     with torch.no_grad():
         assert student(x).shape == teacher(x).shape
@@ -81,9 +86,9 @@ def test_authors_pairs_are_reproduced(teacher_spec, factor, student_spec, px):
 
 
 def test_student_carries_teacher_weights_where_shapes_agree():
-    teacher = create_model("resnet18:strides=2,1,2,2,2,2", num_classes=10)
-    student = derive_student(teacher, 2, drop=["layer1"])
-    t, s = teacher.state_dict(), student.state_dict()
+    teacher = build_family("resnet18:strides=2,1,2,2,2,2", num_classes=10)
+    student = derive_student(teacher, 2, drop=["layer1"]).module
+    t, s = teacher.module.state_dict(), student.state_dict()
     assert torch.equal(s["layer3.0.conv1.weight"], t["layer3.0.conv1.weight"])
     assert torch.equal(s["layer4.0.downsample.0.weight"], t["layer4.0.downsample.0.weight"])
     # layer1 no longer down-samples and keeps its width, so its shortcut conv is gone.
@@ -91,12 +96,12 @@ def test_student_carries_teacher_weights_where_shapes_agree():
 
 
 def test_drop_option_names_the_slots():
-    teacher = create_model("resnet18")
-    student = derive_student(teacher, 4, drop=["layer2", "layer3"])
-    assert student.strides == [8, 2, 1, 1, 1, 2]
+    teacher = build_family("resnet18")
+    student, info = derive_student(teacher, 4, drop=["layer2", "layer3"])
+    assert info.strides == (8, 2, 1, 1, 1, 2)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert _final_features(student.eval(), x) == _final_features(teacher.eval(), x)
+        assert _final_features(student.eval(), x) == _final_features(teacher.module.eval(), x)
 
 
 @pytest.mark.parametrize(
@@ -114,26 +119,32 @@ def test_drop_option_names_the_slots():
 )
 def test_bad_factors_and_drops_raise(factor, drop, needle):
     with pytest.raises(UserError) as info:
-        derive_student(create_model("resnet18"), factor, drop=drop)
+        derive_student(build_family("resnet18"), factor, drop=drop)
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
 def test_factor_beyond_what_the_student_absorbs():
-    student = derive_student(create_model("cifar_resnet8"), 4)  # [4,1,1,1]: nothing left to drop
+    student = derive_student(build_family("cifar_resnet8"), 4)  # [4,1,1,1]: nothing left to drop
     with pytest.raises(UserError, match="only 0"):
         derive_student(student, 2)
 
 
 def test_unsupported_model_is_an_error():
-    with pytest.raises(UserError, match="no stride slots"):
+    with pytest.raises(UserError, match="no known stride slots"):
         derive_student(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), 2)
+
+
+def test_a_project_module_without_its_record_is_refused():
+    # Its strides live in the record that build_family returned, not on the module.
+    with pytest.raises(UserError, match="resolve_model"):
+        derive_student(build_family("resnet18").module, 2)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
 def test_torchvision_teachers(name):
     teacher = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
     before = model_slots(teacher).strides
-    student = derive_student(teacher, 4).eval()
+    student = derive_student(teacher, 4).module.eval()
     slots = model_slots(student)
     assert model_slots(teacher).strides == before  # edited on a copy
     assert slots.strides[0] == before[0] * 4 and math.prod(slots.strides) == math.prod(before)
@@ -152,31 +163,30 @@ def test_torchvision_teachers(name):
 
 
 def test_torchvision_resnet_shortcut_follows_the_block():
-    student = derive_student(torchvision.models.resnet50(weights=None), 4)
+    student = derive_student(torchvision.models.resnet50(weights=None), 4).module
     assert student.layer4[0].conv2.stride == (1, 1) and student.layer4[0].downsample[0].stride == (1, 1)
     assert student.conv1.stride == (8, 8) and student.maxpool.stride == 1
 
 
 def test_torchvision_spec_round_trip():
-    teacher = create_model({"source": "torchvision", "name": "mobilenet_v3_small", "num_classes": 10})
+    teacher = build_spec({"source": "torchvision", "name": "mobilenet_v3_small", "num_classes": 10})
     student = derive_student(teacher, 4)
-    rebuilt = create_model(model_spec(student))
-    assert model_slots(rebuilt).strides == model_slots(student).strides
+    rebuilt = build_spec(student.info.spec)
+    assert model_slots(rebuilt).strides == model_slots(student).strides == list(student.info.strides)
     with pytest.raises(UserError, match="12 stride slots"):
-        create_model({"source": "torchvision", "name": "mobilenet_v3_small", "strides": [2, 2]})
+        build_spec({"source": "torchvision", "name": "mobilenet_v3_small", "strides": [2, 2]})
 
 
 # Figures of the issue's "Must hold": fp32, batch 1, 224 px, BN folded (the analyzer's default).
 def _peaks(model: nn.Module) -> dict[str, int]:
-    memory = pytest.importorskip("redistill.memory")
-    return memory.analyze_memory(model, (1, 3, 224, 224), dtype="fp32", convention="live").peaks
+    return analyze_memory(model, (1, 3, 224, 224), dtype="fp32", convention="live").peaks
 
 
 def test_resnet18_student_peak_memory():
-    teacher = create_model("resnet18")
+    teacher = build_family("resnet18")
     student = derive_student(teacher, 4)
-    assert student.strides == [8, 1, 1, 2, 2, 1]
-    t, s = _peaks(teacher), _peaks(student)
+    assert student.info.strides == (8, 1, 1, 2, 2, 1)
+    t, s = _peaks(teacher.module), _peaks(student.module)
     for convention in ("layer", "live"):
         assert t[convention] == 3920 * 1024, convention
         assert s[convention] == 784 * 1024, convention
@@ -184,6 +194,6 @@ def test_resnet18_student_peak_memory():
 
 @pytest.mark.slow
 def test_resnet50_student_peak_memory():
-    teacher = create_model("resnet50")
-    t, s = _peaks(teacher), _peaks(derive_student(teacher, 4))
+    teacher = build_family("resnet50")
+    t, s = _peaks(teacher.module), _peaks(derive_student(teacher, 4).module)
     assert t["live"] == 9408 * 1024 and s["live"] == 2352 * 1024

@@ -7,10 +7,9 @@ import yaml
 
 from redistill.cli.main import main
 from redistill.errors import UserError
-from redistill.models import create_model
-from redistill.models.plan import derive_for, parse_bytes
-
-pytest.importorskip("redistill.memory")
+from redistill.models import build_family, create_model
+from redistill.plan import derive_for
+from redistill.util import parse_bytes
 
 SMALL = ["cifar_resnet8", "--input", "1x1x28x28"]
 
@@ -25,9 +24,9 @@ def test_parse_bytes():
 
 
 def test_derive_for_a_factor_compares_teacher_and_student():
-    teacher = create_model("cifar_resnet8", in_channels=1)
+    teacher = build_family("cifar_resnet8", in_channels=1)
     result = derive_for(teacher, (1, 1, 28, 28), factor=4)
-    assert result.student_model.strides == [4, 1, 1, 1]
+    assert result.student_info.strides == (4, 1, 1, 1)
     assert result.changed == [("conv1", 1, 4), ("layer2", 2, 1), ("layer3", 2, 1)]
     # Stem output 16x28x28 fp32 and the input dominate the teacher; x4 shrinks both of the stem's maps.
     assert result.teacher.peaks["layer"] >= (16 * 28 * 28 + 28 * 28) * 4
@@ -37,7 +36,7 @@ def test_derive_for_a_factor_compares_teacher_and_student():
 
 
 def test_derive_for_a_budget_picks_the_smallest_factor():
-    teacher = create_model("resnet18", width=16, num_classes=10)
+    teacher = build_family("resnet18", width=16, num_classes=10)
     shape = (1, 3, 64, 64)
     x2 = derive_for(teacher, shape, budget="1GiB")
     assert x2.factor == 2 and x2.student.flops > 0
@@ -101,5 +100,5 @@ def test_cli_models_lists_families_and_slots(capsys):
 def test_memory_accepts_family_specs():
     from redistill.modelref import resolve_model
 
-    model = resolve_model("resnext18-4-11221")
-    assert model.strides == [4, 1, 1, 2, 2, 1]
+    model, info = resolve_model("resnext18-4-11221")
+    assert info.strides == (4, 1, 1, 2, 2, 1) and model.conv1.stride == (4, 4)

@@ -11,6 +11,7 @@ from redistill.distill import Distiller, DistillMethod, REDMethod, create_method
 from redistill.distill.base import _METHODS
 from redistill.distill.red import REDWrapped, red_loss
 from redistill.errors import UserError
+from redistill.train.task import ClassificationTask
 
 
 def tiny(stem: int, num_classes: int = 3) -> nn.Sequential:
@@ -90,13 +91,24 @@ def test_terms_by_name_and_total_equals_the_formula():
 
 def test_vanilla_training_has_only_ce():
     torch.manual_seed(0)
-    d = Distiller(tiny(2), label_smoothing=0.1).train()
+    task = ClassificationTask(label_smoothing=0.1)
+    d = Distiller(tiny(2), task_loss=task.loss, task_term=task.term).train()
     images, targets = _batch()
     logits, terms = d(images, targets)
     assert list(terms) == ["ce"]
     assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item())
     assert d.total_loss(terms).item() == pytest.approx(terms["ce"].item())
     assert d.deployed_student() is d.student
+
+
+def test_the_task_term_comes_from_the_task():
+    # A task-agnostic Distiller: another task's loss and term name replace the cross-entropy.
+    d = Distiller(tiny(2), task_loss=lambda out, target: (out - target).square().mean(), task_term="mse").train()
+    images, _ = _batch()
+    target = torch.zeros(4, 3)
+    out, terms = d(images, target)
+    assert list(terms) == ["mse"] and terms["mse"].item() == pytest.approx(out.square().mean().item())
+    assert d.weights() == {"mse": 1.0}
 
 
 def test_soft_targets_are_accepted():  # CutMix/MixUp give probabilities

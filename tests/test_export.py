@@ -1,13 +1,16 @@
-"""Export of the deployed student, load_exported, eval of runs and exports, and their CLI."""
+"""Export of the deployed student, load_export, eval of runs and exports, and their CLI."""
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
+from redistill.artifact import load_export
 from redistill.errors import UserError
+from redistill.memory import analyze_memory
+from redistill.modelref import resolve_model
 from redistill.train import load_config, run_training
-from redistill.train.export import evaluate_path, export_run, load_exported, load_run_model
+from redistill.train.export import evaluate_path, export_run, load_run_model
 
 TINY = {
     "model": {"student": "cifar_resnet8", "options": {"width": 4}},
@@ -39,23 +42,23 @@ def test_export_holds_the_deployed_student_only(red_run, tmp_path):
     out = export_run(root / "red", tmp_path / "exp")
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "spec.yaml"]
     spec = yaml.safe_load((out / "spec.yaml").read_text())
-    assert spec["red_layout"][0]["layer"] == "conv1" and spec["red_layout"][0]["encoder_kernel"] == 1
-    deployed, _, _ = load_run_model(root / "red")
+    layout = spec["surgery"]["red"]  # recorded by the method that made it, under its name
+    assert layout[0]["layer"] == "conv1" and layout[0]["encoder_kernel"] == 1
+    deployed = load_run_model(root / "red")[0]
     weights = load_file(str(out / "model.safetensors"))
     assert set(weights) == set(deployed.state_dict())  # no teacher, no training-only modules
     assert any(".red_out." in k for k in weights)
 
-    model = load_exported(out)
+    model, info = load_export(out)
     assert "REDBlock" in str(model)
-    assert model.input_shape == tuple(summary["input_shape"])
+    assert info.source == "export" and info.input_shape == tuple(summary["input_shape"])
+    assert info.surgery == spec["surgery"] and info.strides == (4, 1, 1, 1)
     x = torch.randn(3, *summary["input_shape"][1:])
     with torch.no_grad():
         assert torch.equal(model(x), deployed(x))
-    assert load_exported(out / "spec.yaml") is not None
-
-    from redistill.memory import analyze_memory
-
-    assert analyze_memory(model, model.input_shape).peak_bytes == summary["peak_bytes_live"]
+        # The one resolver reads exports too (by directory or by its spec.yaml).
+        assert torch.equal(resolve_model(str(out / "spec.yaml")).module(x), deployed(x))
+    assert analyze_memory(model, info.input_shape).peak_bytes == summary["peak_bytes_live"]
 
 
 def test_eval_of_run_and_export_agree_with_summary(red_run, tmp_path):
@@ -73,7 +76,7 @@ def test_bad_exports_name_the_problem(red_run, tmp_path):
     with pytest.raises(UserError, match="not empty"):
         export_run(root / "red", out)
     with pytest.raises(UserError, match="not an export directory"):
-        load_exported(tmp_path)
+        load_export(tmp_path)
     spec = yaml.safe_load((out / "spec.yaml").read_text())
     spec["model"]["width"] = 8  # another architecture than the weights
     bad = tmp_path / "bad"
@@ -81,10 +84,10 @@ def test_bad_exports_name_the_problem(red_run, tmp_path):
     (bad / "spec.yaml").write_text(yaml.safe_dump(spec))
     (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
     with pytest.raises(UserError, match=r"shape mismatch.*conv1"):
-        load_exported(bad)
+        load_export(bad)
     (bad / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="model.safetensors is corrupt"):
-        load_exported(bad)
+        load_export(bad)
 
 
 def test_cli_train_eval_export(red_run, tmp_path, monkeypatch, capsys):

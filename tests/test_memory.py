@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from redistill.models.toy import SmallUNet
 from redistill.errors import UserError
 from redistill.memory import analyze_memory, plot_reports
 
@@ -158,28 +159,6 @@ def test_data_dependent_control_flow():
 
 
 # -- prediction == measurement on many real models -------------------------------------------
-class SmallUNet(nn.Module):
-    """Two-level UNet with concatenating skips."""
-
-    def __init__(self, c: int = 8):
-        super().__init__()
-        block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))  # noqa: E731
-        self.enc1, self.enc2 = block(3, c), block(c, 2 * c)
-        self.pool = nn.MaxPool2d(2)
-        self.mid = block(2 * c, 4 * c)
-        self.up2, self.dec2 = nn.ConvTranspose2d(4 * c, 2 * c, 2, 2), block(4 * c, 2 * c)
-        self.up1, self.dec1 = nn.ConvTranspose2d(2 * c, c, 2, 2), block(2 * c, c)
-        self.head = nn.Conv2d(c, 3, 1)
-
-    def forward(self, x):
-        e1 = self.enc1(x)
-        e2 = self.enc2(self.pool(e1))
-        m = self.mid(self.pool(e2))
-        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
-        return self.head(d1)
-
-
 EXACT_MODELS = [
     "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0",
     "shufflenet_v2_x1_0", "regnet_y_400mf", "squeezenet1_0", "mnasnet0_5", "googlenet", "unet",

@@ -9,7 +9,7 @@ import torchvision
 import yaml
 
 from redistill.errors import UserError
-from redistill.models import create_model, is_model_spec, list_models, model_spec, register_model
+from redistill.models import build_family, create_model, is_model_spec, list_models, register_model
 
 # Small inputs and widths keep the suite fast (the code paths are those of full width);
 # 32 px survives the default x32 reduction of the ImageNet layouts.
@@ -81,7 +81,17 @@ def test_feature_info_matches_real_shapes(name):
         shape = shapes[info["module"]]
         assert shape[1] == info["num_chs"], info
         assert x.shape[-1] // shape[-1] == info["reduction"], (info, shape)
-    assert model.stride_slots and len(model.stride_slots) == len(model.strides)
+
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_build_family_returns_a_record_and_leaves_the_module_clean(name):
+    model, info = build_family(name, num_classes=7)
+    assert info.source == "redistill" and info.name == name and info.num_classes == 7
+    assert info.slots and len(info.slots) == len(info.strides)
+    assert all(isinstance(model.get_submodule(slot), nn.Module) for slot in info.slots)
+    # Metadata travels in the record, not as attributes patched onto the module.
+    assert not any(hasattr(model, a) for a in ("_redistill_spec", "strides", "stride_slots", "input_shape"))
 
 
 def test_feature_info_follows_the_strides():
@@ -105,10 +115,10 @@ def test_feature_info_follows_the_strides():
     ],
 )
 def test_spec_forms_build_the_same_model(forms):
-    models = [create_model(f) for f in forms]
-    ref = {k: v.shape for k, v in models[0].state_dict().items()}
-    for m in models[1:]:
-        assert m.strides == models[0].strides
+    built = [build_family(f) for f in forms]
+    ref = {k: v.shape for k, v in built[0].module.state_dict().items()}
+    for m, info in built[1:]:
+        assert info.strides == built[0].info.strides and info.spec == built[0].info.spec
         assert {k: v.shape for k, v in m.state_dict().items()} == ref
 
 
@@ -126,16 +136,16 @@ def test_yaml_spec_and_options_pass_through():
 
 @pytest.mark.parametrize("spec", ["resnext18-4-11221", "mobilenetv2:width=0.75", "cifar_resnet:depth=8"] + list_models())
 def test_model_spec_round_trips_through_yaml(spec):
-    model = create_model(spec, num_classes=3)
-    text = yaml.safe_dump(model_spec(model))
-    rebuilt = create_model(yaml.safe_load(text))
+    model, info = build_family(spec, num_classes=3)
+    text = yaml.safe_dump(info.spec)
+    rebuilt, again = build_family(yaml.safe_load(text))
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
-    assert rebuilt.strides == model.strides
+    assert again == info
 
 
 def test_mobilenetv2_layout_names():
-    model = create_model("mobilenetv2-1-1222121")
-    assert model.stride_slots[0] == "features.0" and len(model.stride_slots) == 8
+    model, info = build_family("mobilenetv2-1-1222121")
+    assert info.slots[0] == "features.0" and len(info.slots) == 8
     dw = model.get_submodule("features.4.conv.3")
     assert isinstance(dw, nn.Conv2d) and dw.groups == dw.in_channels > 1 and dw.stride == (2, 2)
     first = model.get_submodule("features.1.conv.0")  # expansion 1: the depthwise conv comes first
@@ -219,8 +229,8 @@ def test_cifar_resnet_stem_kernel_reads_every_pixel_at_stride_4():
     assert _unread_pixels("cifar_resnet20:strides=4,1,1,1:stem_kernel=5") == 28 + 27  # last row and column
     assert _unread_pixels("cifar_resnet20:strides=4,1,1,1:stem_kernel=7") == 0
     assert _unread_pixels("cifar_resnet20") == 0
-    model = create_model("cifar_resnet20:strides=4,1,1,1:stem_kernel=5", in_channels=1)
+    model, info = build_family("cifar_resnet20:strides=4,1,1,1:stem_kernel=5", in_channels=1)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10) and model.conv1.padding == (2, 2)
-    assert model_spec(model)["stem_kernel"] == 5
+    assert info.spec["stem_kernel"] == 5
     with pytest.raises(UserError, match="stem_kernel must be an odd positive integer, got 4"):
         create_model("cifar_resnet20:stem_kernel=4")

@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from redistill.distill.pairing import Pair, auto_pairs, layer_table, layers_report, parse_pairs, validate_pairs
+from redistill.cli.layers import layers_report
+from redistill.distill import Pair, auto_pairs, layer_table, parse_pairs, validate_pairs
 from redistill.errors import UserError
+from redistill.models import create_model
 
 
 class Block(nn.Module):
@@ -169,17 +171,16 @@ def test_layers_report_and_cli(capsys):
     args = parser.parse_args(["layers", "tests/test_pairing.py:teacher", "tests/test_pairing.py:student",
                               "--input", "1x3x16x16", "--down"])  # fmt: skip
     assert args.func(args) == 0
-    assert capsys.readouterr().out.strip() == text
-    with pytest.raises(UserError, match="BxCxHxW"):
-        layers.parse_shape("3x16x16")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[:2] == ["model tests/test_pairing.py:teacher: user factory", "model tests/test_pairing.py:student: user factory"]
+    assert "\n".join(out[2:]) == text
 
 
 # --- the authors' pairs (docs/method.md s.5) on this project's model families -------------------
 
 
 def _authors(student_spec: str, teacher_spec: str, size: int) -> list[tuple[str, str, str]]:
-    models = pytest.importorskip("redistill.models")
-    s, t = models.create_model(student_spec), models.create_model(teacher_spec)
+    s, t = create_model(student_spec), create_model(teacher_spec)
     return [(p.student, p.teacher, p.side) for p in auto_pairs(s, t, (1, 3, size, size))]
 
 
@@ -197,9 +198,10 @@ def test_auto_pairs_resnext18_x4_match_the_authors():
 
 
 def test_auto_pairs_mobilenetv2_x4_match_the_authors():
-    # the stem slot features.0 (conv-bn-relu6); the down-sampling depthwise convs
+    # The stem conv features.0.0, before its BN and ReLU6 (the authors' place: the BN then
+    # re-normalises the RED output); the down-sampling depthwise convs
     assert _authors("mobilenetv2-4-1221111", "mobilenetv2-1-1222121", 128) == _stem_then_both_sides(
-        ("features.0", "features.4.conv.3"),
+        ("features.0.0", "features.4.conv.3"),
         [("features.2.conv.3", "features.7.conv.3"), ("features.4.conv.3", "features.14.conv.3")],
     )
 
@@ -213,6 +215,19 @@ def test_auto_pairs_resnet18_imagenet_student():
 def test_layers_cli_bad_input_is_one_line_and_exit_2(capsys):
     from redistill.cli.main import main
 
-    rc = main(["layers", "tests/test_pairing.py:teacher", "tests/test_pairing.py:student", "--input", "3x16x16"])
+    rc = main(["layers", "tests/test_pairing.py:teacher", "tests/test_pairing.py:student", "--input", "3x16"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "BxCxHxW" in err
+    assert rc == 2 and err.count("\n") == 1 and "NxCxHxW or CxHxW" in err
+
+
+def test_layers_and_memory_read_input_shapes_alike(capsys):
+    # One shape parser: CxHxW means batch 1 for every command.
+    from redistill.cli.main import main
+
+    refs = ["tests/test_pairing.py:teacher", "tests/test_pairing.py:student"]
+    assert main(["layers", *refs, "--input", "3x16x16"]) == 0
+    short = capsys.readouterr().out
+    assert main(["layers", *refs, "--input", "1x3x16x16"]) == 0
+    assert capsys.readouterr().out == short
+    assert main(["memory", refs[0], "--input", "3x16x16"]) == 0
+    capsys.readouterr()

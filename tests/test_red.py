@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from redistill.distill import create_method
+from redistill.distill import REDMethod
 from redistill.distill.red import (
     REDBlock,
-    REDMethod,
     REDWrapped,
     apply_red_layout,
     insert_red,

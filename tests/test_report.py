@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from redistill import report
-from redistill.report import ResultRow
+from redistill import results as report
+from redistill.results import ResultRow
 
 
 def _rows() -> list[ResultRow]:

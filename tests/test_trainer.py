@@ -14,7 +14,7 @@ import yaml
 
 from redistill.errors import UserError
 from redistill.train import load_config, run_training
-from redistill.train.checkpoint import load_checkpoint
+from redistill.checkpoint import load_checkpoint
 from redistill.train.config import ScheduleConfig
 from redistill.train.optim import lr_factor
 
@@ -126,7 +126,7 @@ def test_red_distillation_logs_every_term_and_shrinks_peak(teacher_run, tmp_path
     assert record["train/loss"] == pytest.approx(expected, rel=1e-4)
     assert summary["method"] == "red" and summary["pairs"][0]["student"] == "conv1"
     assert summary["peak_bytes_live"] < teacher_summary["peak_bytes_live"]
-    layout = load_checkpoint(tmp_path / "red" / "best.pt")["red_layout"]
+    layout = load_checkpoint(tmp_path / "red" / "best.pt")["surgery"]["red"]
     assert [(e["layer"], e["side"]) for e in layout] == [(p["student"], p["side"]) for p in summary["pairs"]]
 
 
@@ -240,11 +240,11 @@ def test_method_pre_stage_runs_before_main_training(teacher_run, tmp_path):
 
 
 def test_preloaded_run_interrupted_then_resumed_matches(tmp_path, monkeypatch):
-    import redistill.train.trainer as trainer
+    from redistill.train.task import ClassificationTask
 
     cfg = tiny("data.preload=true", "data.augment.cutmix_alpha=0.5", "run.epochs=3")
     run_training(cfg, tmp_path / "whole")
-    real_evaluate, calls = trainer.evaluate, {"n": 0}
+    real_evaluate, calls = ClassificationTask.evaluate, {"n": 0}
 
     def crash_in_epoch_two(*args, **kwargs):  # after epoch 2's steps, before its checkpoint
         calls["n"] += 1
@@ -252,11 +252,25 @@ def test_preloaded_run_interrupted_then_resumed_matches(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", crash_in_epoch_two)
+    monkeypatch.setattr(ClassificationTask, "evaluate", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, tmp_path / "cut")
-    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    monkeypatch.setattr(ClassificationTask, "evaluate", real_evaluate)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
     run_training(cfg, tmp_path / "cut", resume=True)
     whole, resumed = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("whole", "cut"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_elsewhere(tmp_path, monkeypatch, capfd):
+    import redistill.train.trainer as trainer
+
+    cfg = tiny("run.progress=true", "run.epochs=2")
+    run_training(cfg, tmp_path / "piped")  # pytest's capture is no terminal
+    out, err = capfd.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert "it/s" not in err and "\r" not in err  # no bar frames in a log
+    monkeypatch.setattr(trainer, "progress_to_terminal", lambda: True)
+    run_training(cfg, tmp_path / "terminal")
+    out, err = capfd.readouterr()
+    assert "epoch 1/2" in out and "it/s" in err  # the bar, and still the epoch lines

@@ -9,13 +9,21 @@ plots (per-layer footprint of teacher vs students; accuracy vs peak memory).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-from redistill import report
+import torch
+import yaml
+
+from redistill import results as report
 from redistill.errors import UserError
+from redistill.memory import analyze_memory, plot_reports
+from redistill.train import load_config, load_run_model, run_training
+from redistill.train.config import config_differences
 
 # (run name, config file in the config directory, what the run is)
 STAGES = (
@@ -27,8 +35,8 @@ SUMMARY = "summary.json"
 
 
 def default_config_dir() -> Path:
-    """``configs/demo`` of the source checkout this package is installed from."""
-    return Path(__file__).resolve().parents[2] / "configs" / "demo"
+    """The quickstart configs shipped inside the package (``redistill/configs/demo``)."""
+    return Path(str(resources.files("redistill") / "configs" / "demo"))
 
 
 @dataclass
@@ -67,45 +75,6 @@ class DemoResult:
     seconds: float
 
 
-# Settings that change how a run is executed or shown, not what it learns: a finished run
-# is reused even when they differ.
-_IGNORED_KEYS = {
-    "run.device", "run.progress", "run.log_every", "data.workers", "data.eval_batch_size",
-    # The demo points this at <out>/teacher itself; a moved output directory stays reusable.
-    "model.teacher_checkpoint",
-}
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and key != "options":
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def config_differences(wanted: dict, found: dict) -> list[str]:
-    """Keys whose values differ between two config dicts (execution-only keys ignored).
-
-    Args:
-        wanted: the resolved config the demo would train with.
-        found: the resolved config stored in an existing run directory.
-    Returns:
-        ``"key: found -> wanted"`` strings, sorted; empty when the run can be reused.
-    """
-    a, b = _flatten(wanted), _flatten(found)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key in _IGNORED_KEYS:
-            continue
-        if a.get(key) != b.get(key):
-            diffs.append(f"{key}: {b.get(key)!r} -> {a.get(key)!r}")
-    return diffs
-
-
 def _say(opts: DemoOptions, text: str) -> None:
     # Stage lines are printed even without progress bars: they are the demo's log.
     print(text, flush=True)
@@ -119,8 +88,6 @@ def load_demo_configs(opts: DemoOptions) -> dict:
     Raises:
         UserError: missing config directory/file, or configs that do not fit together.
     """
-    from redistill.train import load_config
-
     cdir = Path(opts.config_dir) if opts.config_dir is not None else default_config_dir()
     if not cdir.is_dir():
         raise UserError(
@@ -162,10 +129,6 @@ def run_stage(name: str, cfg, run_dir: Path, overwrite: bool = False) -> tuple[d
     Raises:
         UserError: the directory holds a run of a different config (named keys).
     """
-    import yaml
-
-    from redistill.train import run_training
-
     stored = run_dir / "config.yaml"
     # Only a directory where something was trained (a checkpoint) is worth keeping.
     if not overwrite and stored.is_file() and (run_dir / "last.pt").is_file():
@@ -205,29 +168,9 @@ def result_row(name: str, summary: dict) -> report.ResultRow:
     )
 
 
-def deployed_model(cfg, summary: dict, run_dir: Path):
-    """The model a run ships (RED blocks in for a RED run), with its best weights, on CPU.
-
-    Args:
-        cfg: the run's config.
-        summary: its ``summary.json`` content (data description).
-        run_dir: its directory (``best.pt`` is loaded when present).
-    Returns:
-        An ``nn.Module`` in eval mode.
-    """
-    from redistill.train.build import build_distiller, build_model
-    from redistill.train.checkpoint import load_checkpoint, load_weights
-    from redistill.train.data import DataInfo
-
-    shape = summary["input_shape"]  # (1, C, H, W)
-    info = DataInfo(summary["data"], summary["num_classes"], shape[1], shape[2], (0.0,) * shape[1], (1.0,) * shape[1])
-    # Only shapes matter for building the RED surgery: the teacher keeps random weights here.
-    teacher = build_model(cfg.model.teacher, cfg.model, info).eval() if cfg.distill.method else None
-    distiller = build_distiller(cfg, info, teacher)
-    best = run_dir / "best.pt"
-    if best.is_file():
-        load_weights(distiller.student, load_checkpoint(best)["model"], best)
-    return distiller.deployed_student().cpu().eval()
+def deployed_model(run_dir: Path):
+    """The model a run ships (RED blocks in for a RED run), with its best weights, on CPU, in eval mode."""
+    return load_run_model(run_dir)[0].cpu().eval()
 
 
 def _schedule_text(cfg) -> str:
@@ -333,12 +276,6 @@ def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], Non
     Raises:
         UserError: bad configs, missing data, or an output directory holding other runs.
     """
-    from redistill.memory import analyze_memory, plot_reports
-
-    import os
-
-    import torch
-
     opts = opts or DemoOptions()
     start = time.perf_counter()
     if opts.threads:
@@ -368,7 +305,7 @@ def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], Non
     _say(opts, "analysing peak memory of the deployed models ...")
     reports = []
     for name, _, _ in STAGES:
-        model = deployed_model(cfgs[name], summaries[name], out / name)
+        model = deployed_model(out / name)
         reports.append(analyze_memory(model, tuple(summaries[name]["input_shape"]), convention="live"))
     plots = {
         "footprint": plot_reports(reports, [f"{r.name} ({r.model})" for r in rows], out / "footprint.png"),

@@ -4,15 +4,16 @@ student (down-sampling moved to the stem), with its peak memory and FLOPs next t
 from __future__ import annotations
 
 import argparse
-import re
 
 import yaml
 
-from redistill.cli.memory import check_writable, parse_shape
+from redistill.cli.memory import check_writable
 from redistill.errors import UserError
-from redistill.memory import fmt_bytes
-from redistill.models import create_model, is_model_spec, model_spec
-from redistill.models.plan import DeriveResult, derive_for, parse_bytes, spec_string
+from redistill.memory import plot_reports
+from redistill.modelref import resolve_model
+from redistill.models import spec_string
+from redistill.plan import DeriveResult, derive_for
+from redistill.util import fmt_bytes, parse_bytes, parse_shape
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="family spec (resnet18, resnext18-1-21222, resnet18:strides=2,2,1,2,2,2) or torchvision "
                         "resnet*/mobilenet_v2/mobilenet_v3_*/efficientnet_b* name")
-    p.add_argument("--input", required=True, type=parse_shape, help="input shape NxCxHxW, e.g. 1x3x224x224")
+    p.add_argument("--input", required=True, help="input shape NxCxHxW or CxHxW, e.g. 1x3x224x224")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--factor", type=int, help="stem stride multiplier: 2, 4 or 8")
     how.add_argument("--budget", help="peak-memory budget (e.g. 800KiB, 1.5MB): the smallest factor meeting it")
@@ -39,24 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def build_teacher(ref: str, in_channels: int, num_classes: int | None = None):
-    """The teacher named by ``ref``; project specs take ``in_channels`` from the input shape."""
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    # Spec-shaped names of unknown families get the registry's error (accepted forms, closest family).
-    if is_model_spec(ref) or re.fullmatch(r"\w+-\d+-\d+", ref) or ":strides=" in ref:
-        spec = {"name": ref, "in_channels": in_channels, **kwargs}
-        return create_model(spec).eval()
-    from redistill.modelref import resolve_model, torchvision_names
-
-    if ref in torchvision_names():
-        return create_model({"source": "torchvision", "name": ref, **kwargs}).eval()
-    return resolve_model(ref, **kwargs)
-
-
 def format_result(result: DeriveResult, teacher_name: str) -> str:
     """Human-readable comparison of teacher and student."""
-    spec = getattr(result.student_model, "_redistill_spec", None)
-    strides = ",".join(map(str, result.student_model.strides))
+    info = result.student_info
+    spec = info.spec
+    strides = ",".join(map(str, info.strides))
     if spec is None or spec.get("source") == "torchvision":
         student_name = f"{teacher_name} with strides {strides}"
     else:
@@ -80,9 +68,12 @@ def format_result(result: DeriveResult, teacher_name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     check_writable(args.out)
     check_writable(args.plot)
-    shape = args.input if len(args.input) == 4 else (1, *args.input)
-    teacher = build_teacher(args.model, shape[1], args.num_classes)
-    if args.out and getattr(teacher, "_redistill_spec", None) is None:
+    shape = parse_shape(args.input)
+    teacher = resolve_model(args.model, in_channels=shape[1] if shape[1] != 3 else None,
+                            num_classes=args.num_classes)
+    if teacher.info.resolved_as:
+        print(f"model {teacher.info.resolved_as}")
+    if args.out and teacher.info.spec is None:
         raise UserError(f"--out needs a rebuildable model, but '{args.model}' is a factory; "
                         "use a family spec or a torchvision name")
     drop = [d.strip() for d in args.drop.split(",") if d.strip()] if args.drop else None
@@ -94,11 +85,9 @@ def run(args: argparse.Namespace) -> int:
               f"{fmt_bytes(result.teacher.peaks[args.convention])})")
     if args.out:
         with open(args.out, "w") as f:
-            yaml.safe_dump(model_spec(result.student_model), f, sort_keys=False, default_flow_style=None)
+            yaml.safe_dump(result.student_spec(), f, sort_keys=False, default_flow_style=None)
         print(f"wrote {args.out}")
     if args.plot:
-        from redistill.memory import plot_reports
-
         plot_reports([result.teacher.report, result.student.report], ["teacher", "student"], args.plot)
         print(f"wrote {args.plot}")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from redistill.train.export import evaluate_path
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -22,8 +24,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from redistill.train.export import evaluate_path
-
     result = evaluate_path(args.path, args.split, args.data_root, args.device, args.batch_size)
     print(f"{args.path}: {result['split']} accuracy {result['acc']:.2f}% on {result['count']} images "
           f"(cross-entropy {result['loss']:.4f})")

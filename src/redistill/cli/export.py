@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from redistill.train.export import export_run
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -21,8 +23,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from redistill.train.export import export_run
-
     out = export_run(args.run_dir, args.out, args.checkpoint)
     print(f"exported {args.run_dir} ({args.checkpoint} checkpoint) to {out}")
     return 0

@@ -3,38 +3,61 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
+import torch.nn as nn
+
+from redistill.distill.pairing import auto_pairs
+from redistill.distill.pairs import Pair, validate_pairs
+from redistill.distill.probe import LayerInfo, chw, layer_table
 from redistill.errors import UserError
+from redistill.modelref import resolve_model
+from redistill.util import parse_shape
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1x3x128x128" -> (1, 3, 128, 128)``.
+def format_layer_table(rows: Sequence[LayerInfo], downsampling_only: bool = False) -> str:
+    """Plain-text table: name, type, input and output C x H x W, down-sampling mark."""
+    shown = [r for r in rows if r.downsampling or not downsampling_only]
+    header = ("layer", "type", "in C x H x W", "out C x H x W", "")
+    body = [(r.name, r.kind, chw(r.in_shape), chw(r.out_shape), "down" if r.downsampling else "") for r in shown]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body]]
+    return "\n".join(lines)
 
-    Raises:
-        UserError: not four positive integers joined by 'x'.
+
+def format_pairs(pairs: Sequence[Pair], shapes: Sequence[tuple[tuple, tuple]] | None = None) -> str:
+    """One line per pair: student ref, teacher ref, and their C x H x W when known."""
+    lines = []
+    for i, pair in enumerate(pairs):
+        line = f"{pair.student_ref:<24} <-> {pair.teacher_ref:<24} side={pair.side:<3} {pair.distance} alpha={pair.alpha:g}"
+        if shapes is not None:
+            s, t = shapes[i]
+            line += f"  student {chw(s[1:])}, teacher {chw(t[1:])}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def layers_report(teacher: nn.Module, student: nn.Module, example_input, downsampling_only: bool = False) -> str:
+    """Both layer tables and the pairs ``pairs: auto`` would propose, as text.
+
+    Args:
+        teacher, student: the two models.
+        example_input: shape tuple such as (1, 3, 128, 128), or a tensor.
+        downsampling_only: list only the layers that change H x W.
+    Returns:
+        The report; when no pairing can be proposed it says why instead of the pairs.
     """
+    parts = []
+    for title, model in (("teacher", teacher), ("student", student)):
+        parts += [f"{title} layers:", format_layer_table(layer_table(model, example_input), downsampling_only), ""]
     try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise UserError(f"--input '{text}' must be four positive sizes BxCxHxW, e.g. 1x3x128x128")
-    return shape
-
-
-def _model(ref: str, in_channels: int):
-    from redistill.modelref import resolve_model
-
-    kwargs = {}
-    if in_channels != 3:
-        try:
-            from redistill.models import is_model_spec
-        except ImportError:
-            is_model_spec = None
-        if is_model_spec is None or not is_model_spec(ref):
-            raise UserError(f"--input has {in_channels} channels; only this project's models take in_channels ({ref})")
-        kwargs["in_channels"] = in_channels
-    return resolve_model(ref, **kwargs)
+        pairs = auto_pairs(student, teacher, example_input)
+    except UserError as err:
+        parts += ["proposed pairs (pairs: auto): none", f"  {err}"]
+    else:
+        shapes = validate_pairs(student, teacher, pairs, example_input)
+        parts += ["proposed pairs (pairs: auto):", format_pairs(pairs, shapes)]
+    return "\n".join(parts)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,18 +67,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Print the layer tables of TEACHER and STUDENT (name, type, input and output "
         "C x H x W; 'down' marks the layers that change H x W) and the pairs `pairs: auto` proposes.",
     )
-    parser.add_argument("teacher", help="teacher model (e.g. resnext18-1-21222)")
-    parser.add_argument("student", help="student model (e.g. resnext18-4-11221)")
-    parser.add_argument("--input", default="1x3x224x224", help="input shape BxCxHxW (default 1x3x224x224)")
+    parser.add_argument("teacher", help="teacher model reference (e.g. resnext18-1-21222)")
+    parser.add_argument("student", help="student model reference (e.g. resnext18-4-11221)")
+    parser.add_argument("--input", default="1x3x224x224", help="input shape NxCxHxW or CxHxW (default 1x3x224x224)")
     parser.add_argument("--down", action="store_true", help="list only the layers that change H x W")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from redistill.distill.pairing import layers_report
-
     shape = parse_shape(args.input)
-    teacher, student = _model(args.teacher, shape[1]), _model(args.student, shape[1])
+    channels = shape[1] if shape[1] != 3 else None  # 3 is every builder's default
+    teacher, t_info = resolve_model(args.teacher, in_channels=channels)
+    student, s_info = resolve_model(args.student, in_channels=channels)
+    for info in (t_info, s_info):
+        if info.resolved_as:
+            print(f"model {info.resolved_as}")
     print(layers_report(teacher, student, shape, downsampling_only=args.down))
     return 0

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 from pathlib import Path
 
 from redistill.errors import UserError
-from redistill.memory import DTYPE_SIZES, MemoryReport, analyze_memory, fmt_bytes
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``1x3x224x224`` -> (1, 3, 224, 224); 3 or 4 positive sizes."""
-    if not re.fullmatch(r"[1-9]\d*(x[1-9]\d*){2,3}", text.strip()):
-        raise argparse.ArgumentTypeError(
-            f"malformed input shape '{text}': use NxCxHxW or CxHxW with positive sizes, e.g. 1x3x224x224"
-        )
-    return tuple(int(s) for s in text.strip().split("x"))
+from redistill.memory import DTYPE_SIZES, MemoryReport, analyze_memory
+from redistill.modelref import resolve_model
+from redistill.util import fmt_bytes, parse_shape
 
 
 def check_writable(path: str | None) -> None:
@@ -39,10 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "memory",
         help="peak activation memory of a model",
         description="Exact peak activation memory of a model (parameters excluded, reported apart). "
-        "MODEL: a torchvision name, a redistill family spec, package.module:factory or path/to/file.py:factory.",
+        "MODEL: a redistill family spec, a torchvision name (torchvision:NAME when the project has a family "
+        "of that name), package.module:factory, path/to/file.py:factory or an export directory.",
     )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--input", type=parse_shape, default=None, metavar="NxCxHxW",
+    p.add_argument("--input", default=None, metavar="NxCxHxW",
                    help="input shape (default: an exported model's own, else 1x3x224x224)")
     p.add_argument("--batch-size", type=int, default=None, help="override the batch dimension")
     p.add_argument("--dtype", choices=list(DTYPE_SIZES), default="fp32",
@@ -62,18 +56,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def memory_reports(model: str, input: tuple[int, ...] | None, compare: str | None = None,
-                   **options) -> list[MemoryReport]:
+                   notes: list[str] | None = None, **options) -> list[MemoryReport]:
     """Analyse ``model`` (and ``compare``) with the same options.
 
-    ``input`` None takes the shape an exported model records, else 1x3x224x224.
+    Args:
+        model, compare: model references (:func:`redistill.modelref.resolve_model`).
+        input: (N, C, H, W); None takes the shape an export records, else 1x3x224x224.
+        notes: when given, one line per model saying how its reference was resolved is appended.
+        **options: :func:`redistill.memory.analyze_memory` options.
     """
-    from redistill.modelref import resolve_model
-
     reports = []
     for ref in [model] + ([compare] if compare else []):
-        net = resolve_model(ref)
-        shape = input or tuple(getattr(net, "input_shape", None) or (1, 3, 224, 224))
-        reports.append(analyze_memory(net, shape, name=ref, **options))
+        in_channels = input[1] if input is not None and input[1] != 3 else None
+        net, info = resolve_model(ref, in_channels=in_channels)
+        if notes is not None and info.resolved_as:
+            notes.append(info.resolved_as)
+        shape = input or info.input_shape or (1, 3, 224, 224)
+        reports.append(analyze_memory(net, tuple(shape), name=ref, **options))
     return reports
 
 
@@ -94,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.json)
     if args.batch_size is not None and args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    shape = parse_shape(args.input) if args.input is not None else None
+    notes: list[str] = []
     reports = memory_reports(
-        args.model, args.input, args.compare, batch_size=args.batch_size, dtype=args.dtype,
+        args.model, shape, args.compare, notes=notes, batch_size=args.batch_size, dtype=args.dtype,
         convention=args.convention, fold_bn=not args.no_fold_bn,
         inplace_depthwise=args.inplace_depthwise, inplace_add=args.inplace_add, measure=args.measure,
     )
+    for note in notes:
+        print(f"model {note}")
     for rep in reports:
         print(rep.to_table(top=args.top))
         print()
@@ -106,8 +109,6 @@ def run(args: argparse.Namespace) -> int:
         print(compare_table(*reports))
     if args.json:
         if len(reports) == 2:
-            import json
-
             Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
         else:
             reports[0].to_json(args.json)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from redistill.train import load_config, run_training
+from redistill.util import fmt_bytes
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,14 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from redistill.train import load_config, run_training
-
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     summary = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if summary:  # only the main process of a torchrun job gets the summary printed
-        import os
-
         if int(os.environ.get("RANK", "0")) == 0:
             print(format_summary(summary))
     return 0
@@ -39,16 +39,13 @@ def run(args: argparse.Namespace) -> int:
 def format_summary(summary: dict) -> str:
     """A few lines for the terminal: accuracy, peak memory, size."""
 
-    def kib(value) -> str:
-        return "n/a" if value is None else f"{value / 1024:.1f} KiB"
-
     val = summary.get("val_acc")
     lines = [
         f"run: {summary['run_dir']}",
         f"val acc (best, epoch {summary['best_epoch']}): {'n/a' if val is None else f'{val:.2f}%'}"
         f"   test acc: {summary['test_acc']:.2f}%",
-        f"peak memory per image (fp32): live {kib(summary.get('peak_bytes_live'))}, "
-        f"layer {kib(summary.get('peak_bytes_layer'))}",
+        f"peak memory per image (fp32): live {fmt_bytes(summary.get('peak_bytes_live'), unit='KiB')}, "
+        f"layer {fmt_bytes(summary.get('peak_bytes_layer'), unit='KiB')}",
         f"params: {summary['params']:,}   FLOPs: {summary['flops']:,}   train time: {summary['train_time_s']:.1f} s"
         if summary.get("flops") is not None
         else f"params: {summary['params']:,}   train time: {summary['train_time_s']:.1f} s",

@@ -7,8 +7,6 @@ A method observes named features of the student and the teacher (see
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,6 +108,22 @@ class DistillMethod(nn.Module):
         """Extra stages to run before the main training (none by default)."""
         return []
 
+    # -- surgery that ships: how artifacts record it and rebuild it --------------------------
+
+    @classmethod
+    def surgery_of(cls, model: nn.Module) -> list | None:
+        """This method's module surgery found in ``model``, as YAML-able data (None: none).
+
+        Methods that change the deployed network (RED blocks) override this and
+        :meth:`redo_surgery`; checkpoints and exports store the result under the method's name.
+        """
+        return None
+
+    @classmethod
+    def redo_surgery(cls, model: nn.Module, layout: list) -> nn.Module:
+        """Redo the surgery that :meth:`surgery_of` described on a freshly built ``model``."""
+        raise UserError(f"distillation method '{cls.name}' records no surgery, so there is none to redo")
+
 
 _METHODS: dict[str, type[DistillMethod]] = {}
 
@@ -133,16 +147,8 @@ def register_method(name: str) -> Callable[[type[DistillMethod]], type[DistillMe
     return add
 
 
-def _load_builtin() -> None:
-    # Methods register themselves on import; the baselines package may not exist yet.
-    importlib.import_module("redistill.distill.red")
-    if importlib.util.find_spec("redistill.distill.baselines") is not None:
-        importlib.import_module("redistill.distill.baselines")
-
-
 def list_methods() -> list[str]:
     """Names of all registered distillation methods, sorted."""
-    _load_builtin()
     return sorted(_METHODS)
 
 
@@ -152,7 +158,6 @@ def method_class(name: str) -> type[DistillMethod]:
     Raises:
         UserError: unknown name; the message lists the registered names.
     """
-    _load_builtin()
     if name not in _METHODS:
         raise UserError(
             f"unknown distillation method '{name}'{did_you_mean(name, _METHODS)}; "
@@ -182,3 +187,28 @@ def create_method(name: str, **options) -> DistillMethod:
                     f"valid options: {', '.join(valid) or 'none'}"
                 )
     return cls(**options)
+
+
+def surgery_of(model: nn.Module) -> dict[str, list]:
+    """Every registered method's surgery found in ``model``: ``{"red": [...]}``; empty for none."""
+    found = {}
+    for name in sorted(_METHODS):
+        layout = _METHODS[name].surgery_of(model)
+        if layout:
+            found[name] = layout
+    return found
+
+
+def redo_surgery(model: nn.Module, surgery: dict[str, list], source: object = "artifact") -> nn.Module:
+    """Redo what :func:`surgery_of` recorded, in place; returns ``model``.
+
+    Raises:
+        UserError: the record is not a mapping of method names to layouts, or names no method.
+    """
+    if not isinstance(surgery, dict):
+        raise UserError(f"{source}: surgery must be a mapping of method name to layout, got {type(surgery).__name__}")
+    for name, layout in surgery.items():
+        if name not in _METHODS:
+            raise UserError(f"{source}: surgery of unknown method '{name}'{did_you_mean(str(name), _METHODS)}")
+        _METHODS[name].redo_surgery(model, layout)
+    return model

@@ -8,17 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from redistill.errors import UserError
-
-KIB = 1024
-
-
-def fmt_bytes(n: int | None) -> str:
-    """Binary units: 3920.0 KiB, 9.19 MiB."""
-    if n is None:
-        return "-"
-    if n >= 10 * KIB * KIB:
-        return f"{n / KIB / KIB:.2f} MiB"
-    return f"{n / KIB:.1f} KiB"
+from redistill.util import KIB, fmt_bytes
 
 
 @dataclass

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from redistill.errors import UserError, did_you_mean
-from redistill.models.registry import create_model, get_family, model_spec
-from redistill.models.tv_slots import is_torchvision_supported, set_tv_stride, tv_slots
+from redistill.models.info import Built
+from redistill.models.registry import build_family
+from redistill.models.tv_slots import is_torchvision_supported, set_tv_stride, tv_info, tv_slots
 
 
 @dataclass(frozen=True)
@@ -30,23 +31,32 @@ class Slots:
         return 2 ** sum(1 for s in self.strides[1:] if s == 2)
 
 
-def model_slots(model: nn.Module) -> Slots:
-    """Stride slots of a project model or a supported torchvision model.
+def as_built(model: Built | nn.Module) -> Built:
+    """A torchvision-structured module without a record gets one read from its structure."""
+    if isinstance(model, Built):
+        return model
+    if is_torchvision_supported(model):
+        return Built(model, tv_info(model, type(model).__name__.lower()))
+    raise UserError(
+        f"cannot derive a student from {type(model).__name__}: it has no known stride slots; build it with "
+        "redistill.modelref.resolve_model (this project's families, `redistill models`) or use torchvision "
+        "resnet*, mobilenet_v2, mobilenet_v3_*, efficientnet_*"
+    )
+
+
+def model_slots(model: Built | nn.Module) -> Slots:
+    """Stride slots of a built model (its record) or of a supported torchvision module.
 
     Raises:
         UserError: the model has no known stride slots.
     """
-    spec = getattr(model, "_redistill_spec", None)
-    if spec is not None and spec.get("source") != "torchvision":
-        family = get_family(spec["name"])
-        return Slots(list(family.slots), list(spec["strides"]), list(family.drop_order))
-    if not is_torchvision_supported(model):
-        raise UserError(
-            f"cannot derive a student from {type(model).__name__}: it has no stride slots; use one of this "
-            "project's families (`redistill models`) or torchvision resnet*, mobilenet_v2, mobilenet_v3_*, "
-            "efficientnet_*"
-        )
-    return Slots(*tv_slots(model))
+    built = as_built(model)
+    if not built.info.slots:
+        as_built(built.module)  # torchvision models without slots: the same error
+    info = built.info
+    if info.source == "torchvision":  # strides may have been edited in place: read them back
+        return Slots(*tv_slots(built.module))
+    return Slots(list(info.slots), list(info.strides), list(info.drop_order))
 
 
 def plan_strides(slots: Slots, factor: int, drop: Sequence[str] | None = None) -> tuple[list[int], list[str]]:
@@ -87,7 +97,7 @@ def plan_strides(slots: Slots, factor: int, drop: Sequence[str] | None = None) -
     return strides, drop
 
 
-def derive_student(teacher: nn.Module, factor: int, drop: Sequence[str] | None = None) -> nn.Module:
+def derive_student(teacher: Built | nn.Module, factor: int, drop: Sequence[str] | None = None) -> Built:
     """A new student: stem stride x ``factor``, later stride-2 slots set to 1 (teacher untouched).
 
     Project models are rebuilt from their spec with the new strides; torchvision models are
@@ -95,31 +105,30 @@ def derive_student(teacher: nn.Module, factor: int, drop: Sequence[str] | None =
     cases the teacher's weights are carried over wherever names and shapes agree.
 
     Args:
-        teacher: a model of this project's registry or a supported torchvision model.
+        teacher: a built model (``resolve_model`` / ``build_family``) or a supported torchvision module.
         factor: stem stride multiplier (2, 4, 8, ...).
         drop: later slots to set to stride 1 (default: the authors' choice for the family).
     Returns:
-        The student model (same mode as the teacher).
+        ``(student, its info)``; the student is in the teacher's train/eval mode.
     Raises:
         UserError: unsupported model, bad factor or bad ``drop``.
     """
-    slots = model_slots(teacher)
+    built = as_built(teacher)
+    module, info = built
+    slots = model_slots(built)
     strides, _ = plan_strides(slots, factor, drop)
-    spec = getattr(teacher, "_redistill_spec", None)
-    if spec is not None and spec.get("source") != "torchvision":
-        student = create_model({**model_spec(teacher), "strides": strides})
-        param = next(teacher.parameters(), None)
+    if info.source == "redistill":
+        student, student_info = build_family({**info.spec, "strides": strides})
+        param = next(module.parameters(), None)
         if param is not None:  # same device and dtype as the teacher
             student = student.to(device=param.device, dtype=param.dtype)
         own = student.state_dict()
-        carried = {k: v for k, v in teacher.state_dict().items() if k in own and own[k].shape == v.shape}
+        carried = {k: v for k, v in module.state_dict().items() if k in own and own[k].shape == v.shape}
         student.load_state_dict(carried, strict=False)
     else:
-        student = copy.deepcopy(teacher)
+        student = copy.deepcopy(module)
         for name, old, new in zip(slots.names, slots.strides, strides):
             if old != new:
                 set_tv_stride(student, name, new)
-        student.stride_slots, student.strides = list(slots.names), strides
-        if spec is not None:
-            student._redistill_spec = {**spec, "strides": strides}
-    return student.train(teacher.training)
+        student_info = info.with_strides(strides)
+    return Built(student.train(module.training), student_info)

@@ -18,6 +18,7 @@ from typing import Any
 import torch.nn as nn
 
 from redistill.errors import UserError, did_you_mean
+from redistill.models.info import Built, ModelInfo
 
 SPEC_FORMS = "'family', 'family-<stem>-<digits>' (e.g. resnext18-4-11221) or 'family:strides=8,1,1,2,2,1'"
 # Options every family accepts, besides its own.
@@ -187,6 +188,11 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def spec_string(spec: dict[str, Any]) -> str:
+    """Command-line form of a project spec: ``resnet18:strides=8,1,1,2,2,1``."""
+    return f"{spec['name']}:strides={','.join(str(s) for s in spec['strides'])}"
+
+
 def check_strides(family: Family, strides: Any) -> list[int]:
     """Validate a stride list for ``family``.
 
@@ -214,23 +220,18 @@ def check_strides(family: Family, strides: Any) -> list[int]:
     return strides
 
 
-def create_model(spec: str | Mapping[str, Any], **kwargs: Any) -> nn.Module:
-    """Build a model of this project's registry.
+def build_family(spec: str | Mapping[str, Any], **kwargs: Any) -> Built:
+    """Build a model of this project's registry, with its record.
 
     Args:
         spec: a spec in any accepted form (see module docstring).
         **kwargs: options overriding the spec's (``num_classes``, ``in_channels``,
             ``strides``, family options such as ``width`` or ``dropout``).
     Returns:
-        The model, carrying ``strides``, ``stride_slots``, ``feature_info`` and its spec
-        (read it back with :func:`model_spec`).
+        ``(module, info)``; ``info.spec`` rebuilds the architecture with every option spelled out.
     Raises:
         UserError: unknown family, malformed spec, bad strides or unknown options.
     """
-    if isinstance(spec, Mapping) and spec.get("source") == "torchvision":
-        from redistill.models.tv_slots import create_torchvision
-
-        return create_torchvision({**spec, **kwargs})
     parsed = parse_spec(spec)
     parsed.update(kwargs)
     family = get_family(parsed.pop("name"))
@@ -245,22 +246,14 @@ def create_model(spec: str | Mapping[str, Any], **kwargs: Any) -> nn.Module:
         )
     options = {**accepted, **parsed}
     model = family.builder(strides=strides, **options)
-    model.strides = list(strides)
-    model.stride_slots = list(family.slots)
-    model._redistill_spec = {"name": family.name, "strides": list(strides), **options}
-    return model
+    info = ModelInfo(
+        source="redistill", name=family.name, spec={"name": family.name, "strides": list(strides), **options},
+        slots=family.slots, strides=tuple(strides), drop_order=family.drop_order,
+        num_classes=options["num_classes"], in_channels=options["in_channels"],
+    )
+    return Built(model, info)
 
 
-def model_spec(model: nn.Module) -> dict[str, Any]:
-    """The YAML-able spec rebuilding ``model``'s architecture with :func:`create_model`.
-
-    Raises:
-        UserError: the model was not built by this registry (nor derived from torchvision).
-    """
-    spec = getattr(model, "_redistill_spec", None)
-    if spec is None:
-        raise UserError(
-            f"{type(model).__name__} was not built by redistill.models.create_model, so it has no spec; "
-            "build it from a spec (e.g. 'resnet18') first"
-        )
-    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in spec.items()}
+def create_model(spec: str | Mapping[str, Any], **kwargs: Any) -> nn.Module:
+    """Build a model of this project's registry (the module only; :func:`build_family` adds its record)."""
+    return build_family(spec, **kwargs).module

@@ -12,6 +12,7 @@ from typing import Any
 import torch.nn as nn
 
 from redistill.errors import UserError, did_you_mean
+from redistill.models.info import Built, ModelInfo
 
 RESNET_SLOTS = ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4")
 # Same order as this project's resnet families (the authors' choice): layer4, maxpool, layer3, ...
@@ -116,11 +117,14 @@ def set_tv_stride(model: nn.Module, slot: str, stride: int) -> None:
         module.use_res_connect = stride == 1 and convs[0].in_channels == convs[-1].out_channels
 
 
-def create_torchvision(spec: dict[str, Any]) -> nn.Module:
+def create_torchvision(spec: dict[str, Any]) -> Built:
     """Build ``{"source": "torchvision", "name": ..., "strides": [...], **kwargs}`` (random init).
 
+    Returns:
+        ``(module, info)``; models without known stride slots get an info without slots.
     Raises:
-        UserError: unknown torchvision name, unsupported family or wrong stride count.
+        UserError: unknown torchvision name, bad options, or strides for a model without slots
+            or of the wrong count.
     """
     from torchvision import models
 
@@ -131,9 +135,12 @@ def create_torchvision(spec: dict[str, Any]) -> nn.Module:
     known = models.list_models(module=models)
     if name not in known:
         raise UserError(f"unknown torchvision model '{name}'{did_you_mean(str(name), known)}")
-    model = models.get_model(name, weights=None, **spec)
-    slots = tv_slots(model)[0]
+    try:
+        model = models.get_model(name, weights=None, **spec)
+    except TypeError as err:  # an option the builder does not take
+        raise UserError(f"torchvision {name} does not accept {sorted(spec)}: {err}") from None
     if strides is not None:
+        slots = tv_slots(model)[0]
         if len(strides) != len(slots):
             raise UserError(
                 f"torchvision {name} has {len(slots)} stride slots ({', '.join(slots)}) "
@@ -141,13 +148,15 @@ def create_torchvision(spec: dict[str, Any]) -> nn.Module:
             )
         for slot, s in zip(slots, strides):
             set_tv_stride(model, slot, int(s))
-    attach_tv_spec(model, name, spec)
-    return model
+    return Built(model, tv_info(model, name, spec))
 
 
-def attach_tv_spec(model: nn.Module, name: str, options: dict[str, Any] | None = None) -> None:
-    """Record slots, strides and a rebuildable spec on a torchvision model."""
-    slots, strides, _ = tv_slots(model)
-    model.stride_slots = slots
-    model.strides = strides
-    model._redistill_spec = {"source": "torchvision", "name": name, "strides": strides, **(options or {})}
+def tv_info(model: nn.Module, name: str, options: dict[str, Any] | None = None) -> ModelInfo:
+    """The record of a torchvision model: its slots and strides read from its structure."""
+    options = dict(options or {})
+    slots, strides, drop = tv_slots(model) if is_torchvision_supported(model) else ([], [], [])
+    spec = {"source": "torchvision", "name": name, **({"strides": strides} if slots else {}), **options}
+    return ModelInfo(
+        source="torchvision", name=name, spec=spec, slots=tuple(slots), strides=tuple(strides),
+        drop_order=tuple(drop), num_classes=options.get("num_classes", 1000), in_channels=3,
+    )

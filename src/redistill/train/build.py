@@ -8,64 +8,36 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from redistill.artifact import is_export, load_export
+from redistill.checkpoint import load_checkpoint, load_weights
+from redistill.distill import Distiller, create_method, redo_surgery
 from redistill.errors import UserError
-from redistill.train.checkpoint import load_checkpoint, load_weights
+from redistill.modelref import resolve_model
+from redistill.models import Built
 from redistill.train.config import Config, ModelConfig
 from redistill.train.data import DataInfo
+from redistill.train.task import Task
 
 
-def build_model(spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo) -> nn.Module:
-    """Build one network from a model spec, sized for the data set.
-
-    Project specs (``cifar_resnet20:strides=4,1,1,1`` or a dict) get ``num_classes``,
-    ``in_channels`` and ``model.options``; torchvision names get ``num_classes``;
-    ``module:factory`` references are built as they are.
+def build_model(spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, trust_code: bool = True) -> Built:
+    """Build one network from a model reference, sized for the data set.
 
     Args:
-        spec: model spec string or dict.
+        spec: model reference or spec mapping (see :func:`redistill.modelref.resolve_model`).
         mcfg: the ``model`` config section (class / channel overrides, options).
         info: the data set's classes, channels and image size.
+        trust_code: False when ``spec`` was read from an artifact (no user code is imported then).
     Returns:
-        The model (in train mode).
+        ``(model in train mode, its info)``.
     """
-    from redistill.modelref import resolve_model
-
-    num_classes = mcfg.num_classes or info.num_classes
-    in_channels = mcfg.in_channels or info.in_channels
-    try:
-        from redistill.models import create_model, is_model_spec
-    except ImportError:  # the model registry is optional for torchvision / factory models
-        create_model = is_model_spec = None
-    if isinstance(spec, dict):
-        if create_model is None:
-            raise UserError("model specs given as mappings need redistill.models")
-        spec = dict(spec)
-        spec.setdefault("num_classes", num_classes)
-        if spec.get("source") != "torchvision":
-            spec.setdefault("in_channels", in_channels)
-        model = create_model({**spec, **mcfg.options})
-    elif is_model_spec is not None and is_model_spec(spec):
-        model = create_model(spec, num_classes=num_classes, in_channels=in_channels, **mcfg.options)
-    elif ":" in spec and not spec.split(":", 1)[1].startswith("strides="):
-        model = resolve_model(spec)
-    else:
-        if in_channels != 3:
-            raise UserError(
-                f"torchvision model '{spec}' takes 3-channel images but {info.name} has {in_channels}; "
-                "use a redistill model spec (e.g. cifar_resnet20) or a module:factory reference"
-            )
-        model = resolve_model(spec, num_classes=num_classes, **mcfg.options)
-    return model.train()
-
-
-def spec_of(model: nn.Module, spec: Union[str, dict]) -> Union[str, dict]:
-    """The YAML-able spec that rebuilds ``model`` (the registry's full spec when it has one)."""
-    try:
-        from redistill.models import model_spec
-
-        return model_spec(model)
-    except (ImportError, UserError):
-        return spec
+    built = resolve_model(
+        spec,
+        num_classes=mcfg.num_classes or info.num_classes,
+        in_channels=mcfg.in_channels or info.in_channels,
+        options=mcfg.options,
+        trust_code=trust_code,
+    )
+    return Built(built.module.train(), built.info)
 
 
 def checkpoint_file(path: Union[str, Path]) -> Path:
@@ -86,8 +58,9 @@ def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
 
     ``model.teacher_checkpoint`` may be a checkpoint file, a run directory (its best checkpoint)
     or an export directory. The teacher is rebuilt with the model options of the run that
-    trained it (recorded in its checkpoint); ``model.teacher`` may then be left out. A method
-    run without a checkpoint is refused: a random teacher teaches nothing.
+    trained it (recorded in its checkpoint); ``model.teacher`` may then be left out, and the
+    recorded spec is then trusted only if it names no user code. A method run without a
+    checkpoint is refused: a random teacher teaches nothing.
     """
     if cfg.distill.method is None:
         return None
@@ -97,15 +70,14 @@ def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
             f"distill.method '{cfg.distill.method}' needs model.teacher_checkpoint "
             "(a trained teacher's run directory, checkpoint or export)"
         )
-    if Path(ref).is_dir() and (Path(ref) / "spec.yaml").is_file():
-        from redistill.train.export import load_exported
-
-        return load_exported(ref)
+    if is_export(ref):
+        return load_export(ref).module
     path = checkpoint_file(ref)
     state = load_checkpoint(path)
-    spec, mcfg = cfg.model.teacher, cfg.model
+    spec, mcfg, trusted = cfg.model.teacher, cfg.model, True
     trained_by = (state.get("config") or {}).get("model") or {}
     if trained_by:
+        trusted = spec is not None  # a spec the user wrote, not one read from the checkpoint
         spec = spec if spec is not None else trained_by.get("student")
         mcfg = ModelConfig(
             num_classes=trained_by.get("num_classes"),
@@ -114,28 +86,18 @@ def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
         )
     if spec is None:
         raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher (the teacher's model spec)")
-    return model_from_state(spec, mcfg, info, state, path, what="teacher")
-
-
-def red_layout_of(model: nn.Module) -> list[dict]:
-    """The RED surgery in ``model`` as plain data (empty for a model without RED blocks)."""
-    from redistill.distill.red import red_layout
-
-    return red_layout(model)
+    return model_from_state(spec, mcfg, info, state, path, what="teacher", trust_code=trusted).module
 
 
 def model_from_state(
-    spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, state: dict, source, what: str = "model"
-) -> nn.Module:
-    """Rebuild a trained network from its spec, the RED layout and the weights of a checkpoint."""
-    model = build_model(spec, mcfg, info)
-    layout = state.get("red_layout") or []
-    if layout:
-        from redistill.distill.red import apply_red_layout
-
-        apply_red_layout(model, layout)
+    spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, state: dict, source, what: str = "model",
+    trust_code: bool = True,
+) -> Built:
+    """Rebuild a trained network from its spec, the method surgery and the weights of a checkpoint."""
+    model, model_info = build_model(spec, mcfg, info, trust_code=trust_code)
+    redo_surgery(model, state.get("surgery") or {}, source=source)
     load_weights(model, state["model"], source, what=what)
-    return model.eval()
+    return Built(model.eval(), model_info)
 
 
 def pairs_to_data(method) -> Optional[list[dict[str, Any]]]:
@@ -146,23 +108,20 @@ def pairs_to_data(method) -> Optional[list[dict[str, Any]]]:
     return [p.to_dict() for p in pairs]
 
 
-def build_distiller(cfg: Config, info: DataInfo, teacher: Optional[nn.Module] = None):
+def build_distiller(cfg: Config, info: DataInfo, task: Task, teacher: Optional[nn.Module] = None) -> tuple[Distiller, Any]:
     """The student (after the method's setup / surgery) wrapped in a Distiller.
 
     Args:
         cfg: the run config.
         info: data set description (classes, channels, image size).
+        task: the run's task; its loss is the Distiller's task term (see :mod:`redistill.train.task`).
         teacher: the frozen teacher (see :func:`load_teacher`); None without distillation.
     Returns:
-        The Distiller (its ``method`` holds the resolved pairs, if any).
+        ``(distiller, the student's ModelInfo)``; the distiller's ``method`` holds the resolved pairs.
     """
-    from redistill.distill.distiller import Distiller
-
-    student = build_model(cfg.model.student, cfg.model, info)
+    student, student_info = build_model(cfg.model.student, cfg.model, info)
     method = None
     if cfg.distill.method is not None:
-        from redistill.distill.base import create_method
-
         # Shapes are all setup needs; a private generator leaves the training RNG untouched.
         gen = torch.Generator().manual_seed(0)
         example = torch.randn(2, info.in_channels, info.image_size, info.image_size, generator=gen)
@@ -174,6 +133,7 @@ def build_distiller(cfg: Config, info: DataInfo, teacher: Optional[nn.Module] = 
         method = create_method(cfg.distill.method, **options)
         student.eval()  # setup may run the student; its BN statistics must not learn from noise
         student = method.setup(student, teacher, example).train()
-    return Distiller(
-        student, teacher, method, task_weight=cfg.distill.task_weight, label_smoothing=cfg.optim.label_smoothing
+    distiller = Distiller(
+        student, teacher, method, task_loss=task.loss, task_term=task.term, task_weight=cfg.distill.task_weight
     )
+    return distiller, student_info

@@ -238,6 +238,43 @@ def _set_dotted(data: dict, override: str) -> None:
     node[parts[-1]] = value
 
 
+# Keys that change how a run executes or is shown, not what it computes: a run may be resumed
+# ("can I continue it?") or reused ("is it already done?") when only these differ.
+EXECUTION_KEYS = frozenset({"run.device", "run.progress", "run.log_every", "data.workers", "data.eval_batch_size"})
+
+
+def flatten_config(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; free-form ``options`` mappings stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "options":
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(wanted: dict, found: dict) -> list[str]:
+    """Keys whose values differ between two config dicts, execution-only keys ignored.
+
+    The one test behind both "can this run be resumed?" (trainer) and "can this finished run
+    be reused?" (demo, benchmarks), so the two never answer differently.
+
+    Args:
+        wanted: the resolved config about to be trained.
+        found: the resolved config stored in an existing run directory.
+    Returns:
+        ``"key: found -> wanted"`` strings, sorted by key; empty when the two agree.
+    """
+    a, b = flatten_config(wanted), flatten_config(found)
+    return [
+        f"{key}: {b.get(key)!r} -> {a.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if key not in EXECUTION_KEYS and a.get(key) != b.get(key)
+    ]
+
+
 def _defaults_dict() -> dict:
     return Config().to_dict()
 

@@ -21,20 +21,6 @@ from redistill.train.optim import build_optimizer
 _STAGE_EPOCH_BASE = 1_000_000
 
 
-def _stage_terms(distiller, stage, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    from redistill.distill.hooks import capture
-
-    method = distiller.method
-    feats_t, logits_t = {}, None
-    if distiller.teacher is not None and method.uses_teacher:
-        with torch.no_grad(), capture(distiller.teacher, method.teacher_refs(), "teacher") as seen:
-            logits_t = distiller.teacher(images)
-        feats_t = dict(seen)
-    with capture(distiller.student, method.student_refs(), "student") as seen:
-        logits_s = distiller.student(images)
-    return stage.loss(dict(seen), feats_t, logits_s, logits_t, targets)
-
-
 def run_pre_stages(loop, log) -> None:
     """Run every pre-stage of the loop's method.
 
@@ -58,13 +44,12 @@ def run_pre_stages(loop, log) -> None:
             set_epoch(loop.train_loader, cfg.run.seed, _STAGE_EPOCH_BASE * (index + 1) + epoch)
             sums: dict[str, float] = {}
             seen = 0
-            for images, targets in loop.train_loader:
-                images, targets = images.to(loop.device), targets.to(loop.device)
-                if loop.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+            for batch in loop.train_loader:
+                inputs, targets = loop.task.prepare(batch, loop.device, loop.channels_last)
                 with autocast:
-                    terms = _stage_terms(distiller, stage, images, targets)
-                    loss = sum(stage.weights.get(name, 1.0) * value for name, value in terms.items())
+                    # The main run's step, with the stage's terms and weights.
+                    _, terms = distiller(inputs, targets, stage=stage)
+                    loss = distiller.total_loss(terms, stage=stage)
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(f"stage {stage.name} loss is not finite at epoch {epoch + 1}")
                 optimizer.zero_grad(set_to_none=True)
@@ -76,7 +61,7 @@ def run_pre_stages(loop, log) -> None:
                             p.grad.div_(env.world_size)
                 scaler.step(optimizer)
                 scaler.update()
-                n = len(targets)
+                n = loop.task.batch_size(targets)
                 for name, value in [("loss", loss), *terms.items()]:
                     sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
                 seen += n

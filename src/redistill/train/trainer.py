@@ -10,12 +10,14 @@ same directory stops with a message instead of writing over the first one's file
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -25,37 +27,26 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from redistill.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from redistill.distill import surgery_of
 from redistill.errors import UserError
+from redistill.flops import count_flops, count_params
+from redistill.memory import analyze_memory
 from redistill.train import distributed as dd
-from redistill.train.build import build_distiller, load_teacher, pairs_to_data, red_layout_of, spec_of
-from redistill.train.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
-from redistill.train.config import Config, load_config
+from redistill.train.build import build_distiller, load_teacher, pairs_to_data
+from redistill.train.config import Config, config_differences, load_config
 from redistill.train.data import DataInfo, batch_mixer, build_datasets, eval_loader, set_epoch, train_loader
 from redistill.train.optim import build_optimizer, build_scheduler
 from redistill.train.preload import preloaded_loaders
 from redistill.train.stages import run_pre_stages
-
-# Keys that may differ when a run is resumed: they do not change what is computed.
-_RESUME_FREE = {"run.progress", "data.workers", "data.eval_batch_size", "run.device", "run.log_every"}
-
+from redistill.train.task import ClassificationTask
+from redistill.util import pick_device
 
 class _Divergence(Exception):
     pass
-
-
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "options":
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 LOCK_FILE = ".lock"
@@ -106,9 +97,8 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) 
             else:
                 entry.unlink()
     if used and resume and (run_dir / "config.yaml").is_file():
-        old = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-        new = _flatten(cfg.to_dict())
-        changed = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
+        old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        changed = [d.split(":", 1)[0] for d in config_differences(cfg.to_dict(), old)]
         if changed:
             raise UserError(
                 f"cannot resume {run_dir}: the config differs in {', '.join(changed[:5])}; "
@@ -118,48 +108,15 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) 
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
 
-def _pick_device(name: str, env: dd.DistEnv) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"run.device is {name} but no CUDA device is available; use run.device=cpu")
-        return torch.device("cuda", env.local_rank) if env.enabled or name == "cuda" else torch.device(name)
-    if name != "cpu":
-        raise UserError(f"run.device must be auto, cpu, cuda or cuda:N, got '{name}'")
-    return torch.device("cpu")
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def accuracy_count(logits: torch.Tensor, targets: torch.Tensor) -> int:
-    """Correct top-1 predictions; soft targets (CutMix / MixUp) count their largest class."""
-    labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
-    return int((logits.argmax(dim=1) == labels).sum())
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, channels_last: bool = False) -> dict:
-    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``."""
-    was_training = model.training
-    model.eval()
-    correct, total, loss = 0, 0, 0.0
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            logits = model(images)
-        loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-        correct += accuracy_count(logits, targets)
-        total += len(targets)
-    model.train(was_training)
-    return {"acc": 100.0 * correct / max(total, 1), "loss": loss / max(total, 1), "count": total}
+def progress_to_terminal() -> bool:
+    """Whether progress bars go to a terminal (tqdm writes them to stderr)."""
+    return sys.stderr.isatty()
 
 
 def _write_metrics(path: Path, record: dict, keep_up_to: Optional[int] = None) -> None:
@@ -197,10 +154,10 @@ class _Loop:
                 f"the training split has {len(splits.train)} images, fewer than one batch of "
                 f"{cfg.data.batch_size // env.world_size} per process; lower data.batch_size or raise data.subset"
             )
-        self.mix = batch_mixer(cfg.data.augment, self.info.num_classes)
+        self.task = ClassificationTask(cfg.optim.label_smoothing, batch_mixer(cfg.data.augment, self.info.num_classes))
 
         teacher = load_teacher(cfg, self.info)
-        self.distiller = build_distiller(cfg, self.info, teacher)
+        self.distiller, self.student_info = build_distiller(cfg, self.info, self.task, teacher)
         self.distiller.to(device)
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
@@ -224,7 +181,7 @@ class _Loop:
         return {
             "epoch": self.epoch,
             "model": self.distiller.student.state_dict(),
-            "red_layout": red_layout_of(self.distiller.student),
+            "surgery": surgery_of(self.distiller.student),
             "data_info": dataclasses.asdict(self.info),
             "method": method.state_dict() if method is not None else {},
             "optimizer": self.optimizer.state_dict(),
@@ -277,7 +234,9 @@ class _Loop:
         bar = tqdm(
             self.train_loader,
             desc=f"epoch {self.epoch + 1}/{cfg.run.epochs}",
-            disable=not (cfg.run.progress and env.is_main),
+            # A bar only where someone watches it: to a file or a pipe it would write a frame per
+            # refresh; there the one line per epoch printed below is the log.
+            disable=not (cfg.run.progress and env.is_main and progress_to_terminal()),
             leave=False,
             dynamic_ncols=True,
         )
@@ -286,16 +245,13 @@ class _Loop:
         # step); on CPU reading is free and every step is checked before its update.
         check_every = cfg.run.log_every if self.use_cuda else 1
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        metric_sums: dict[str, torch.Tensor] = {}
         last_step = len(self.train_loader) - 1
-        for step, (images, targets) in enumerate(bar):
-            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            if self.mix is not None:
-                images, targets = self.mix(images, targets)
+        for step, batch in enumerate(bar):
+            inputs, targets = self.task.prepare(batch, self.device, self.channels_last)
+            inputs, targets = self.task.augment(inputs, targets)
             with autocast:
-                logits, terms = self.model(images, targets)
+                outputs, terms = self.model(inputs, targets)
                 loss = self.distiller.total_loss(terms)
             names = ["loss", *terms]
             values = torch.stack([loss.detach().float()] + [t.detach().float() for t in terms.values()])
@@ -315,12 +271,12 @@ class _Loop:
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
                 self.scheduler.step()
 
-            n = len(targets)
+            n = self.task.batch_size(targets)
             for name, value in zip(names, values):
                 sums[name] = sums.get(name, 0.0) + value * n
+            for name, value in self.task.train_metrics(outputs, targets).items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + value
             seen += n
-            labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
             global_step = self.epoch * self.steps_per_epoch + step + 1
             if writer is not None and global_step % cfg.run.log_every == 0:
                 for name, value in zip(names, values.tolist()):
@@ -332,39 +288,25 @@ class _Loop:
         dd.average_buffers(env, self.distiller.student)
         if self.distiller.method is not None:
             dd.average_buffers(env, self.distiller.method)
-        names = list(sums)
-        local = torch.stack([sums[k].double() for k in names] + [torch.tensor(float(seen), device=self.device).double(),
-                                                               correct.double()])
+        names = list(sums) + list(metric_sums)
+        values = [sums[k] for k in sums] + [metric_sums[k] for k in metric_sums]
+        local = torch.stack([torch.as_tensor(v, device=self.device).double() for v in values]
+                            + [torch.tensor(float(seen), device=self.device).double()])
         totals = dd.all_sum(env, local)
-        seen_all = float(totals[-2])
-        out = {f"train/{k}": float(v) / seen_all for k, v in zip(names, totals[:-2])}
-        out["train/acc"] = 100.0 * float(totals[-1]) / seen_all
-        return out
-
-
-def _peak_memory(model: nn.Module, shape: tuple) -> dict[str, Any]:
-    try:
-        from redistill.memory import analyze_memory
-    except ImportError:
-        return {"peak_bytes_live": None, "peak_bytes_layer": None, "peak_module_live": None}
-    live = analyze_memory(model, shape, convention="live")
-    layer = analyze_memory(model, shape, convention="layer")
-    return {"peak_bytes_live": int(live.peak_bytes), "peak_bytes_layer": int(layer.peak_bytes), "peak_module_live": live.peak_module}
+        seen_all = float(totals[-1])
+        return {f"train/{k}": float(v) / seen_all for k, v in zip(names, totals[:-1])}
 
 
 def model_figures(model: nn.Module, shape: tuple) -> dict[str, Any]:
     """Peak memory (live and layer conventions, per image, fp32), parameters and FLOPs of a model."""
     model = model.eval()
-    out = _peak_memory(model, shape)
-    try:
-        from redistill.flops import count_flops, count_params
-
-        out["params"] = int(count_params(model))
-        out["flops"] = int(count_flops(model, shape))
-    except ImportError:
-        out["params"] = sum(p.numel() for p in model.parameters())
-        out["flops"] = None
-    return out
+    live = analyze_memory(model, shape, convention="live")
+    layer = analyze_memory(model, shape, convention="layer")
+    return {
+        "peak_bytes_live": int(live.peak_bytes), "peak_bytes_layer": int(layer.peak_bytes),
+        "peak_module_live": live.peak_module,
+        "params": int(count_params(model)), "flops": int(count_flops(model, shape)),
+    }
 
 
 def run_training(
@@ -416,7 +358,7 @@ def run_training(
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = not cfg.run.deterministic
         _seed_everything(cfg.run.seed)
-        device = _pick_device(cfg.run.device, env)
+        device = pick_device(cfg.run.device, env.local_rank if env.enabled else None)
         return _train(cfg, run_dir, env, device, resume)
     finally:
         held.close()
@@ -455,14 +397,15 @@ def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, re
                 raise UserError(f"training diverged: {err}; {kept}; lower optim.lr or set optim.grad_clip") from err
             loop.epoch += 1
             record = {"epoch": loop.epoch, "lr": loop.optimizer.param_groups[0]["lr"], **record}
+            metric = f"val/{loop.task.metric}"
             if loop.val_loader is not None:
-                val = evaluate(loop.distiller.student, loop.val_loader, device, loop.amp, loop.channels_last)
-                record.update({"val/acc": val["acc"], "val/loss": val["loss"]})
+                val = loop.task.evaluate(loop.distiller.student, loop.val_loader, device, loop.amp, loop.channels_last)
+                record.update({f"val/{k}": v for k, v in val.items() if k != "count"})
             record["weights"] = loop.distiller.weights()
             record["time_s"] = time.perf_counter() - epoch_start
-            improved = loop.val_loader is None or record["val/acc"] > loop.best_val
+            improved = loop.val_loader is None or record[metric] > loop.best_val
             if improved:
-                loop.best_val = record.get("val/acc", loop.best_val)
+                loop.best_val = record.get(metric, loop.best_val)
                 loop.best_epoch = loop.epoch
             loop.elapsed = time.perf_counter() - started
             if env.is_main:
@@ -492,7 +435,7 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
     dd.barrier(env)
     if best.is_file():
         load_weights(loop.distiller.student, load_checkpoint(best)["model"], best)
-    test_best = evaluate(loop.distiller.student, loop.test_loader, device, loop.amp, loop.channels_last)
+    test_best = loop.task.evaluate(loop.distiller.student, loop.test_loader, device, loop.amp, loop.channels_last)
     summary: dict[str, Any] = {}
     if env.is_main:
         deployed = loop.distiller.deployed_student()
@@ -501,7 +444,7 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
         figures = model_figures(_cpu_copy(deployed), shape)
         summary = {
             "run_dir": str(run_dir),
-            "model": spec_of(loop.distiller.student, cfg.model.student),
+            "model": loop.student_info.spec if loop.student_info.spec is not None else cfg.model.student,
             "method": cfg.distill.method,
             "pairs": pairs_to_data(loop.distiller.method),
             "data": info.name,
@@ -509,8 +452,8 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
             "input_shape": list(shape),
             "epochs": cfg.run.epochs,
             "best_epoch": loop.best_epoch,
-            "val_acc": loop.best_val if loop.val_loader is not None else None,
-            "test_acc": test_best["acc"],
+            f"val_{loop.task.metric}": loop.best_val if loop.val_loader is not None else None,
+            f"test_{loop.task.metric}": test_best[loop.task.metric],
             **figures,
             "train_time_s": train_time,
             "world_size": env.world_size,
@@ -523,6 +466,4 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format)

@@ -130,21 +130,3 @@ def pair_layers(
             "non-empty lists of the same length"
         )
     return s, t
-
-
-@torch.no_grad()
-def feature_shapes(model: nn.Module, refs: Sequence[str], example_input: Tensor) -> dict[str, torch.Size]:
-    """Shapes of the named features for one forward pass of ``example_input``.
-
-    The model is run in eval mode (BN statistics untouched) and restored afterwards.
-    """
-    from redistill.distill.hooks import capture
-
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, list(refs)) as feats:
-            model(example_input)
-        return {r: feats[r].shape for r in refs}
-    finally:
-        model.train(was_training)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from redistill.distill.base import register_method
-from redistill.distill.baselines import features as L
+from redistill.distill.baselines import feature_losses as L
 from redistill.distill.baselines.common import pair_layers, penultimate_ref, stage_refs
 from redistill.distill.baselines.method_base import (
     InitStageMixin,

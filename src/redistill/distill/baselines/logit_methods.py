@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from redistill.distill.base import DistillMethod, register_method
-from redistill.distill.baselines.logits import dkd_loss, kd_loss, mlld_loss
+from redistill.distill.baselines.logit_losses import dkd_loss, kd_loss, mlld_loss
 from redistill.distill.baselines.method_base import StepCounter, fp32
 
 

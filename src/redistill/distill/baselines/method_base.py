@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from redistill.distill.base import DistillMethod, PreStage
-from redistill.distill.baselines.common import feature_shapes, pair_layers
+from redistill.distill.baselines.common import pair_layers
+from redistill.distill.probe import probe_shapes
 from redistill.distill.hooks import capture
 from redistill.errors import UserError
 
@@ -108,8 +109,8 @@ class LayerPairMethod(DistillMethod):
 
     def setup(self, student: nn.Module, teacher: nn.Module, example_input: Tensor) -> nn.Module:
         self.layers_s, self.layers_t = self.select_layers(student, teacher)
-        shapes_s = feature_shapes(student, self.layers_s, example_input)
-        shapes_t = feature_shapes(teacher, self.layers_t, example_input)
+        shapes_s = probe_shapes(student, self.layers_s, example_input)
+        shapes_t = probe_shapes(teacher, self.layers_t, example_input)
         self.build([shapes_s[r] for r in self.layers_s], [shapes_t[r] for r in self.layers_t])
         return student
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from redistill.distill.base import DistillMethod, register_method
-from redistill.distill.baselines import relations as R
-from redistill.distill.baselines.common import Embed, as_vector, feature_shapes, penultimate_ref, stage_refs
+from redistill.distill.baselines import relation_losses as R
+from redistill.distill.baselines.common import Embed, as_vector, penultimate_ref, stage_refs
+from redistill.distill.probe import probe_shapes
 from redistill.distill.baselines.crd import CRDLoss
 from redistill.distill.baselines.method_base import fp32
 
@@ -34,8 +35,8 @@ class _OneFeatureMethod(DistillMethod):
     def setup(self, student: nn.Module, teacher: nn.Module, example_input: Tensor) -> nn.Module:
         self.layer_s = self._layer_s or self._default(student)
         self.layer_t = self._layer_t or self._default(teacher)
-        s = feature_shapes(student, [self.layer_s], example_input)[self.layer_s]
-        t = feature_shapes(teacher, [self.layer_t], example_input)[self.layer_t]
+        s = probe_shapes(student, [self.layer_s], example_input)[self.layer_s]
+        t = probe_shapes(teacher, [self.layer_t], example_input)[self.layer_t]
         self.build(s, t)
         return student
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KIB = 1024
+from redistill.util import KIB, fmt_bytes
 
 
 @dataclass
@@ -68,8 +68,8 @@ def gap_recovered(teacher_acc: float, vanilla_acc: float, distilled_acc: float) 
 
 
 def fmt_kib(nbytes: int | None) -> str:
-    """Bytes as KiB with one decimal ('-' when unknown)."""
-    return "-" if nbytes is None else f"{nbytes / KIB:.1f}"
+    """Bytes as KiB with one decimal, no unit ('-' when unknown): the tables' KiB columns."""
+    return fmt_bytes(nbytes, unit="KiB", suffix=False)
 
 
 def fmt_count(n: int | None) -> str:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,32 +13,9 @@ import torch.nn as nn
 
 from redistill.errors import UserError
 from redistill.flops import count_flops, count_params
-from redistill.models.derive import derive_student, model_slots, plan_strides
-from redistill.models.registry import model_spec
-
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
-def parse_bytes(text: str | int) -> int:
-    """``800KiB`` -> 819200, ``1.5MB`` -> 1500000, ``4096`` -> 4096.
-
-    Raises:
-        UserError: malformed size.
-    """
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise UserError(
-            f"malformed size '{text}': give a number with an optional unit B, kB, MB, KiB, MiB, GiB, e.g. 800KiB"
-        )
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def spec_string(spec: dict[str, Any]) -> str:
-    """Command-line form of a project spec: ``resnet18:strides=8,1,1,2,2,1``."""
-    return f"{spec['name']}:strides={','.join(str(s) for s in spec['strides'])}"
-
+from redistill.memory import analyze_memory
+from redistill.models import Built, ModelInfo, as_built, derive_student, model_slots, plan_strides
+from redistill.util import fmt_bytes, parse_bytes
 
 @dataclass
 class Side:
@@ -68,6 +44,7 @@ class DeriveResult:
     teacher: Side
     student: Side
     student_model: nn.Module = field(repr=False)
+    student_info: ModelInfo | None = field(repr=False, default=None)
     dtype: str = "fp32"
     input_shape: tuple[int, ...] = ()
 
@@ -76,29 +53,33 @@ class DeriveResult:
         return self.teacher.peaks[convention] / max(1, self.student.peaks[convention])
 
     def student_spec(self) -> dict[str, Any]:
-        """The YAML-able spec of the student (raises UserError for models without one)."""
-        return model_spec(self.student_model)
+        """The YAML-able spec of the student.
+
+        Raises:
+            UserError: the teacher came from user code, so the student has no rebuildable spec.
+        """
+        if self.student_info is None or self.student_info.spec is None:
+            raise UserError("this student was derived from a user factory, so it has no rebuildable spec")
+        return self.student_info.spec
 
 
 def measure(model: nn.Module, input_shape: Sequence[int], dtype: str = "fp32", flops: bool = True) -> Side:
     """Peaks (layer, live; BN folded), FLOPs (0 when ``flops`` is False) and parameters of ``model``."""
-    from redistill.memory import analyze_memory
-
     report = analyze_memory(model, tuple(input_shape), dtype=dtype, convention="live")
     peaks = {k: report.peaks[k] for k in ("layer", "live")}
     return Side(peaks, count_flops(model, input_shape) if flops else 0, count_params(model), report)
 
 
-def _result(teacher: nn.Module, t: Side, factor: int, drop, input_shape, dtype, flops: bool = True) -> DeriveResult:
+def _result(teacher: Built, t: Side, factor: int, drop, input_shape, dtype, flops: bool = True) -> DeriveResult:
     student = derive_student(teacher, factor, drop)
     before, after = model_slots(teacher), model_slots(student)
     changed = [(n, a, b) for n, a, b in zip(before.names, before.strides, after.strides) if a != b]
-    side = measure(student, input_shape, dtype, flops)
-    return DeriveResult(factor, changed, t, side, student, dtype, tuple(input_shape))
+    side = measure(student.module, input_shape, dtype, flops)
+    return DeriveResult(factor, changed, t, side, student.module, student.info, dtype, tuple(input_shape))
 
 
 def derive_for(
-    teacher: nn.Module,
+    teacher: Built | nn.Module,
     input_shape: Sequence[int],
     *,
     factor: int | None = None,
@@ -110,7 +91,7 @@ def derive_for(
     """Derive a student for a factor, or the smallest factor whose peak fits a budget.
 
     Args:
-        teacher: a project model or a supported torchvision model (not modified).
+        teacher: a built model (``resolve_model``) or a supported torchvision module (not modified).
         input_shape: NxCxHxW used for memory and FLOPs.
         factor: stem stride multiplier (exclusive with ``budget``).
         budget: peak-memory budget in bytes or as text (``800KiB``).
@@ -129,7 +110,8 @@ def derive_for(
         raise UserError(f"unknown convention '{convention}' for the budget; use live or layer")
     if factor is not None:
         plan_strides(model_slots(teacher), factor, drop)  # a bad factor fails before any analysis
-    t = measure(teacher, input_shape, dtype, flops=factor is not None)
+    teacher = as_built(teacher)
+    t = measure(teacher.module, input_shape, dtype, flops=factor is not None)
     if factor is not None:
         return _result(teacher, t, factor, drop, input_shape, dtype)
     if drop is not None:
@@ -143,12 +125,10 @@ def derive_for(
         best = _result(teacher, t, factor, None, input_shape, dtype, flops=False)
         if best.student.peaks[convention] <= limit:
             # FLOPs only for the pair that is reported.
-            t.flops = count_flops(teacher, input_shape)
+            t.flops = count_flops(teacher.module, input_shape)
             best.student.flops = count_flops(best.student_model, input_shape)
             return best
         factor *= 2
-    from redistill.memory import fmt_bytes
-
     raise UserError(
         f"no factor meets the budget {fmt_bytes(limit)} ({convention}, {dtype}): the best reachable is "
         f"x{best.factor} with a peak of {fmt_bytes(best.student.peaks[convention])} "
