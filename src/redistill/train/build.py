@@ -106,12 +106,22 @@ def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
     spec, mcfg = cfg.model.teacher, cfg.model
     trained_by = (state.get("config") or {}).get("model") or {}
     if trained_by:
-        spec = spec if spec is not None else trained_by.get("student")
+        trained_spec = trained_by.get("student")
         mcfg = ModelConfig(
             num_classes=trained_by.get("num_classes"),
             in_channels=trained_by.get("in_channels"),
             options=dict(trained_by.get("options") or {}),
         )
+        if spec is None:
+            spec = trained_spec
+        elif trained_spec is not None and spec != trained_spec:
+            # Strides change no weight shape, so another spec's teacher could load these weights silently.
+            given, trained = (spec_of(build_model(s, mcfg, info), s) for s in (spec, trained_spec))
+            if given != trained:
+                raise UserError(
+                    f"model.teacher {spec} is not the network the checkpoint {path} was trained as "
+                    f"({trained_spec}); set model.teacher to that spec or leave it out"
+                )
     if spec is None:
         raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher (the teacher's model spec)")
     return model_from_state(spec, mcfg, info, state, path, what="teacher")
