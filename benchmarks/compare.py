@@ -33,11 +33,13 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-# Every method of the comparison, in table order. "vanilla" is the student without a teacher.
+# Every method of the comparison, in table order. "vanilla" is the student without a teacher;
+# "student_plus" the authors' student+ control: RED's blocks and loss weights, every alpha 0.
 ALL_METHODS = [
     "vanilla", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
-    "crd", "reviewkd", "dkd", "mlld", "red", "red_kd",
+    "crd", "reviewkd", "dkd", "mlld", "red", "student_plus", "red_kd",
 ]
+EXTRA_ARMS = {"student_plus": "red"}  # arms that are another registered method with other options
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def method_options(method: str, proto: Protocol, steps_per_epoch: int, epochs: i
         return {"n_data": n_train}
     if method == "red":
         return dict(proto.red)
+    if method == "student_plus":
+        return {**proto.red, "alpha": 0.0}
     if method == "red_kd":
         return {**proto.red, "kd_weight": 0.5, "temperature": 4.0}
     return {}
@@ -140,7 +144,7 @@ def plan(args: argparse.Namespace) -> tuple[Protocol, dict, list[tuple[str, int,
                 options = method_options(method, proto, steps_per_epoch, epochs, n_train)
                 cfg["model"] = {"student": proto.student, "teacher": proto.teacher,
                                 "teacher_checkpoint": str(teacher_dir / "best.pt")}
-                cfg["distill"] = {"method": method, "options": options, "pairs": None}
+                cfg["distill"] = {"method": EXTRA_ARMS.get(method, method), "options": options, "pairs": None}
             runs.append((method, seed, cfg, runs_dir / method / f"seed{seed}"))
     return proto, {"config": teacher, "dir": teacher_dir}, runs
 
@@ -279,6 +283,13 @@ def aggregate(t_summary: dict, summaries: list[dict], methods: list[str]) -> dic
         red_kd = next((r for r in rows if r["method"] == "red_kd"), None)
         if red and red_kd:
             verdict["red_kd_ge_red"] = red_kd["acc_mean"] >= red["acc_mean"]
+        plus = next((r for r in rows if r["method"] == "student_plus"), None)
+        if red and plus:  # paired by seed: RED - student+ isolates the distillation loss
+            common = sorted(set(red["seeds"]) & set(plus["seeds"]))
+            diffs = [red["test_acc"][red["seeds"].index(s)] - plus["test_acc"][plus["seeds"].index(s)] for s in common]
+            if diffs:
+                mean, std = _mean_std(diffs)
+                verdict["red_minus_student_plus"] = {"mean": mean, "std": std, "per_seed": diffs}
         vanilla = next((r for r in rows if r["method"] == "vanilla"), None)
         if vanilla and red:
             gap = t_summary["test_acc"] - vanilla["acc_mean"]
@@ -320,7 +331,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     ]
     for r in sorted(result["methods"], key=lambda r: r["rank"]):
         ratio = "-" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
-        name = {"red": "**RED**", "red_kd": "**RED + KD**"}.get(r["method"], r["method"])
+        name = {"red": "**RED**", "red_kd": "**RED + KD**", "student_plus": "student+"}.get(r["method"], r["method"])
         lines.append(
             f"| {r['rank']} | {name} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | {len(r['test_acc'])} | "
             f"{_kib(r['peak_bytes_live'])} | {_kib(r['peak_bytes_layer'])} | {_count(r['params'], 1e6, 'M')} | "
@@ -334,6 +345,10 @@ def to_markdown(result: dict[str, Any]) -> str:
                      f"{within} one standard deviation of the best.")
     if "red_kd_rank" in v:
         lines.append(f"- RED + KD ranks {v['red_kd_rank']}; RED + KD >= RED: {'yes' if v.get('red_kd_ge_red') else 'NO'}.")
+    if "red_minus_student_plus" in v:
+        d = v["red_minus_student_plus"]
+        lines.append(f"- RED - student+ (paired by seed; student+: RED blocks, every alpha 0): "
+                     f"{d['mean']:+.2f} ± {d['std']:.2f} points over {len(d['per_seed'])} seeds.")
     if v.get("red_gap_recovered") is not None:
         lines.append(f"- RED recovers {100 * v['red_gap_recovered']:.0f}% of the teacher / vanilla-student accuracy gap.")
     if result.get("failures"):
@@ -460,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from redistill.distill.base import list_methods
     from redistill.errors import UserError, did_you_mean
 
-    known = ["vanilla", *list_methods()]
+    known = ["vanilla", *EXTRA_ARMS, *list_methods()]
     for m in args.methods:
         if m not in known:
             raise UserError(f"unknown method '{m}'{did_you_mean(m, known)}; known: {', '.join(known)}")

@@ -4,7 +4,9 @@ Every run uses the quickstart configs (``configs/demo/``) with the reduced-sched
 lifted: the full training split (or ``--subset N`` images), more epochs (a converged teacher),
 batch 256, one seed per run. The RED student of seed s is distilled from the teacher of seed s,
 or with ``--teacher RUN_DIR`` every seed from one finished teacher run; ``--red-kd`` and ``--kd``
-add RED + KD and plain logit-KD students on the same recipe. Results (mean +- std over seeds, the share
+add RED + KD and plain logit-KD students on the same recipe, ``--student-plus`` the authors' student+
+control (RED blocks inserted as in the RED arm, same loss weights, every RED alpha 0), reported with
+the paired differences RED - vanilla, RED - student+ and student+ - vanilla. Results (mean +- std over seeds, the share
 of the teacher / vanilla-student gap that RED recovers, each RED loss term's first and last
 training value) go to ``benchmarks/results/fashion_mnist[_<tag>].{json,md,png}``.
 
@@ -21,6 +23,8 @@ one resumed, so the protocol can be completed over several calls or moved to a G
     python benchmarks/fashion_mnist.py ... --tag canvas48 data.canvas=48  # translated Fashion-MNIST
     python benchmarks/fashion_mnist.py ... --subset 5000 --out runs/fashion_mnist_5k --tag 5k_w1 \
         --red-weights 1 1                                            # RED loss CE + alpha * L_RED
+    python benchmarks/fashion_mnist.py ... --teacher-model cifar_resnet20:strides=1,2,2,2 \
+        --student cifar_resnet20:strides=4,1,2,1 --student-plus --tag 56_canvas data.canvas=56  # paper-shaped
 """
 
 from __future__ import annotations
@@ -39,17 +43,26 @@ RESULTS = REPO / "benchmarks" / "results"
 KINDS = ("teacher", "vanilla", "red")
 FASHION_TRAIN = 54_000  # training images once 10% are held out for validation
 RED_KINDS = ("red", "red_kd")  # distilled from the teacher, RED blocks in the deployed student
-DISTILLED = RED_KINDS + ("kd",)  # every kind that needs the teacher
+# student+: RED blocks and loss weights as RED, every alpha 0. It still loads the teacher, which
+# places the blocks (pairs: auto) and computes the terms it then weighs 0.
+DISTILLED = RED_KINDS + ("kd", "student_plus")  # every kind that needs the teacher
+WITH_BLOCKS = RED_KINDS + ("student_plus",)  # the kinds --red-weights applies to
 # The optional groups: their name in the per-seed line and in their gap-share line.
-EXTRA = {"red_kd": ("RED + KD", "RED + KD (Hinton KD on the logits added, T = 4)"),
+EXTRA = {"student_plus": ("student+", "student+ (RED blocks, same loss weights, every RED alpha 0: no distillation)"),
+         "red_kd": ("RED + KD", "RED + KD (Hinton KD on the logits added, T = 4)"),
          "kd": ("KD", "KD alone (Hinton KD on the logits, method `kd`, default ce 0.1 / kd 0.9, T = 4; no RED blocks)")}
 CONFIG_FILES = {"teacher": "teacher.yaml", "vanilla": "student_vanilla.yaml", "red": "student_red.yaml",
-                "red_kd": "student_red.yaml", "kd": "student_vanilla.yaml"}
+                "red_kd": "student_red.yaml", "kd": "student_vanilla.yaml", "student_plus": "student_red.yaml"}
+# The paired differences reported with --student-plus: (label, minuend, subtrahend).
+DIFFERENCES = (("RED - vanilla", "red", "vanilla"), ("RED - student+", "red", "student_plus"),
+               ("student+ - vanilla", "student_plus", "vanilla"))
 
 
 def kinds(args: argparse.Namespace) -> tuple[str, ...]:
-    """Groups reported: teacher, vanilla, RED (RED + KD with ``--red-kd``, KD alone with ``--kd``)."""
-    return KINDS + (("red_kd",) if args.red_kd else ()) + (("kd",) if args.kd else ())
+    """Groups reported: teacher, vanilla, RED (student+ with ``--student-plus``, RED + KD with ``--red-kd``,
+    KD alone with ``--kd``)."""
+    return (KINDS + (("student_plus",) if args.student_plus else ()) + (("red_kd",) if args.red_kd else ())
+            + (("kd",) if args.kd else ()))
 
 
 def teacher_dir(args: argparse.Namespace, seed: int) -> Path:
@@ -60,8 +73,8 @@ def teacher_dir(args: argparse.Namespace, seed: int) -> Path:
 
 
 def weights_suffix(args: argparse.Namespace, kind: str) -> str:
-    """``_w<task>-<distill>`` in the run names of RED kinds trained with ``--red-weights``."""
-    if kind not in RED_KINDS or not args.red_weights:
+    """``_w<task>-<distill>`` in the run names of RED kinds and student+ trained with ``--red-weights``."""
+    if kind not in WITH_BLOCKS or not args.red_weights:
         return ""
     return f"_w{args.red_weights[0]:g}-{args.red_weights[1]:g}"
 
@@ -92,13 +105,30 @@ def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[s
         ov.append(f"data.root={args.data_root}")
     if kind != "teacher" and args.student:
         ov.append(f"model.student={args.student}")
+    if kind == "teacher" and args.teacher_model:
+        ov.append(f"model.student={args.teacher_model}")
     if kind in DISTILLED:
         ov.append(f"model.teacher_checkpoint={teacher_dir(args, seed)}")
+        if args.teacher_model:  # the configs name the default teacher, which wins over the checkpoint's
+            ov.append(f"model.teacher={args.teacher_model}")
     if kind in ("red_kd", "kd"):
         ov.append(f"distill.method={kind}")
-    if kind in RED_KINDS and args.red_weights:
+    if kind in WITH_BLOCKS and args.red_weights:
         ov += [f"distill.options.w_task={args.red_weights[0]}", f"distill.options.w_distill={args.red_weights[1]}"]
-    return ov + list(args.overrides)
+    ov += list(args.overrides)
+    if kind == "student_plus":  # last, so that no override of the call gives it a distillation weight
+        ov.append("distill.options.alpha=0")
+    return ov
+
+
+def check_student_plus(summary: dict, name: str) -> None:
+    """Refuse a student+ run any of whose RED pairs has a nonzero alpha (a config listing its own pairs)."""
+    from redistill.errors import UserError
+
+    alphas = [p.get("alpha") for p in summary.get("pairs") or []]
+    if not alphas or any(a != 0 for a in alphas):
+        raise UserError(f"{name}: student+ needs RED pairs with alpha 0, its pairs have alpha {alphas}; "
+                        "give the pairs without their own alpha (distill.options.alpha sets them)")
 
 
 def _run_one(config_path: str, overrides: list[str], run_dir: str, threads: int) -> tuple[str, dict, str, float]:
@@ -174,8 +204,9 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
 
         def teacher_ready(seed: int) -> None:
             ready.append(seed)
-            if "kd" in kinds(args):  # no alpha: KD does not wait for the sweep
-                submit("kd", seed)
+            for kind in ("student_plus", "kd"):  # no alpha to choose: they do not wait for the sweep
+                if kind in kinds(args):
+                    submit(kind, seed)
             distill(seed)
 
         if args.teacher is not None:
@@ -219,6 +250,9 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
                                 distill(s)
                 if kind in RED_KINDS and (alpha is None or (chosen and alpha == chosen[0])):
                     summaries[f"{kind}_s{seed}"] = summary
+                if kind == "student_plus":
+                    check_student_plus(summary, name)
+                    summaries[f"student_plus_s{seed}"] = summary
     selection = None
     if args.alphas:
         selection = {"seed": first, "alphas": list(args.alphas), "chosen": chosen[0],
@@ -257,7 +291,14 @@ def aggregate(summaries: dict[str, dict], seeds: list[int], groups_: tuple[str, 
         }
     t, v = groups["teacher"]["test_acc_mean"], groups["vanilla"]["test_acc_mean"]
     distilled = [k for k in groups_ if k in DISTILLED]
+    differences = {}
+    if "student_plus" in groups_:  # paired by seed: the seeds share teacher, split and data order
+        for label, a, b in DIFFERENCES:
+            per_seed = [summaries[f"{a}_s{s}"]["test_acc"] - summaries[f"{b}_s{s}"]["test_acc"] for s in seeds]
+            mean, std = report.mean_std(per_seed)
+            differences[label] = {"mean": mean, "std": std, "per_seed": per_seed, "beyond_spread": mean > std}
     return {
+        "differences": differences,
         "groups": groups,
         "gap_recovered": report.gap_recovered(t, v, groups["red"]["test_acc_mean"]),
         "gap_recovered_per_seed": [
@@ -327,6 +368,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "quick": args.quick, "seeds": args.seeds, "batch_size": args.batch_size, "device": args.device,
         "teacher_epochs": agg["groups"]["teacher"]["epochs"], "student_epochs": agg["groups"]["red"]["epochs"],
         "teacher": None if args.teacher is None else str(args.teacher), "student": args.student,
+        "teacher_model": args.teacher_model, "student_plus": args.student_plus,
         "teachers": None if args.teachers is None else str(args.teachers),
         "jobs": args.jobs, "overrides": args.overrides, "wall_s": wall_s,
         "subset": args.subset, "red_weights": args.red_weights, "tag": args.tag, "argv": args.argv,
@@ -361,6 +403,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
            if args.teacher is not None else "the distilled students of seed s learn from teacher seed s"
            + (f" (the finished `teacher_s<seed>` runs in `{args.teachers}`, not trained in this call). "
               if args.teachers is not None else ". "))
+        + (f"Teacher: `{args.teacher_model}`. " if args.teacher_model else "")
         + (f"Student: `{args.student}`. " if args.student else "")
         + ("RED loss weights (--red-weights): w_task {:g}, w_distill {:g} (the configs' 0.5 / 0.5 replaced). "
            .format(*args.red_weights) if args.red_weights else "")
@@ -383,6 +426,15 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
         f"RED {g['red']['test_acc']}" + "".join(f", {EXTRA[k][0]} {g[k]['test_acc']}" for k in EXTRA if k in g) + ".",
     ]
+    diffs = agg.get("differences") or {}
+    if diffs:
+        lines.append("- Paired differences (test accuracy points; mean of the per-seed differences ± their sample std "
+                     "over seeds): " + "; ".join(
+                         f"{label} **{d['mean']:+.2f} ± {d['std']:.2f}** (per seed "
+                         + ", ".join(f"{x:+.2f}" for x in d["per_seed"]) + ")" for label, d in diffs.items()) + ".")
+        beats = diffs["RED - vanilla"]["beyond_spread"] and diffs["RED - student+"]["beyond_spread"]
+        lines.append("- RED beats both vanilla and student+ by more than the seeds' spread (mean difference > its std): "
+                     + ("**yes**" if beats else "**no**") + ".")
     trend = red_loss_trend([summaries[f"red_s{s}"] for s in args.seeds])
     if trend:
         lines.append("- RED loss terms (training, mean over seeds), first -> last epoch: " + ", ".join(
@@ -441,6 +493,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--student", default=None,
                    help="student spec for the vanilla and RED runs (default: the configs'), "
                         "e.g. cifar_resnet20:strides=4,1,1,1:stem_kernel=5")
+    p.add_argument("--teacher-model", default=None,
+                   help="teacher spec for the teacher runs, and the teacher the distilled runs rebuild (default: "
+                        "the configs'), e.g. cifar_resnet20:strides=1,2,2,2")
+    p.add_argument("--student-plus", action="store_true",
+                   help="also train student+ (RED blocks as the RED arm, same loss weights, every alpha 0)")
     p.add_argument("--tag", default="", help="suffix of the results files and run folder (e.g. x2)")
     p.add_argument("--red-weights", type=float, nargs=2, metavar=("W_TASK", "W_DISTILL"), default=None,
                    help="loss weights of the RED students (default: the config's 0.5 0.5, the authors'); "

@@ -3,7 +3,8 @@
 Reads the ``benchmarks/results/fashion_mnist*.json`` files that ``benchmarks/fashion_mnist.py``
 wrote (``--quick`` smoke runs are left out) and writes ``benchmarks/results/red_summary.{json,md,png}``:
 one row per protocol call (its setting, the mean test accuracies, the gap share of RED and, where
-the call trained them, of KD and RED + KD), and a bar chart of those shares against the 50% target.
+the call trained them, of KD and RED + KD; where it trained student+, the paired differences RED - vanilla,
+RED - student+ and student+ - vanilla), and a bar chart of those shares against the 50% target.
 Nothing is trained; rerun it after a new protocol call.
 
     python benchmarks/red_summary.py
@@ -34,6 +35,8 @@ def describe(settings: dict, groups: dict) -> dict[str, str]:
     if model.get("stem_kernel", 3) != 3:
         student += f", {model['stem_kernel']}x{model['stem_kernel']} stem"
     changes = []
+    if settings.get("teacher_model"):  # older files have no such key: the configs' teacher
+        changes.append(f"teacher `{settings['teacher_model']}`")
     for o in settings["overrides"]:
         key, _, value = o.partition("=")
         changes.append(f"translated ({value} x {value} canvas)" if key == "data.canvas" else f"`{o}`")
@@ -73,6 +76,9 @@ def load(results: Path) -> list[dict]:
                         for k in g},
             "gap": dict(data["gap_recovered_by_group"]),
             "gap_per_seed": data["gap_recovered_per_seed"],
+            # only calls with --student-plus have them (mean, std, per_seed of each paired difference)
+            "differences": data.get("differences") or {},
+            "peak_reduction": min(data["peak_reduction_live"], data["peak_reduction_layer"]),
             "command": "python benchmarks/fashion_mnist.py " + " ".join(settings["argv"]),
             # which KD runs the row shows: a call that reused another call's runs shows the same ones
             "kd_runs": sorted(str(v.get("run_dir")) for k, v in data.get("runs", {}).items() if k.startswith("kd_s")),
@@ -91,6 +97,11 @@ def _acc(row: dict, kind: str) -> str:
     return f"{row['acc'][kind]:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
 
+def _diff(row: dict, label: str) -> str:
+    d = row["differences"].get(label)
+    return "-" if d is None else f"{d['mean']:+.2f} ± {d['std']:.2f}"
+
+
 def write(rows: list[dict], results: Path) -> list[Path]:
     import matplotlib
 
@@ -103,6 +114,11 @@ def write(rows: list[dict], results: Path) -> list[Path]:
 
     met = [r["file"] for r in rows if r["gap"].get("red") is not None and r["gap"]["red"] >= TARGET]
     kd_rows = [r for r in rows if "kd" in r["gap"]]
+    plus_rows = [r for r in rows if r["differences"]]
+    # The student+ columns appear once a call trained student+; older rows show "-" there.
+    plus_head = " | student+ | RED - vanilla | RED - student+ | student+ - vanilla" if plus_rows else ""
+    plus_rule = "---:|---:|---:|---:|" if plus_rows else ""
+    least = min((r["peak_reduction"] for r in rows), default=4.0)
     lines = [
         "# RED on Fashion-MNIST: every protocol result",
         "",
@@ -111,11 +127,15 @@ def write(rows: list[dict], results: Path) -> list[Path]:
         "One row per `benchmarks/fashion_mnist.py` results file (its own file has the command, per-seed "
         "figures and memory). Test accuracy %, mean ± sample std over seeds. *Gap share*: (student - vanilla) / "
         "(teacher - vanilla) of the means, the share of the teacher / vanilla-student gap a distiller recovers "
-        f"(target for RED: >= {100 * TARGET:.0f}%). Every student here has a 4x smaller peak than its teacher.",
+        f"(target for RED: >= {100 * TARGET:.0f}%). Every student here has a peak at least {least:.0f}x "
+        "smaller than its teacher's."
+        + (" *RED - vanilla* etc.: paired differences in test accuracy points, mean of the per-seed differences ± "
+           "their sample std over seeds; student+ is the student with RED blocks and RED's loss weights, every "
+           "alpha 0 (the authors' control: RED - student+ isolates the distillation loss)." if plus_rows else ""),
         "",
         "| results file | student | train images | epochs (teacher / student) | change | seeds | teacher | vanilla "
-        "| RED | RED gap share (per seed) | KD gap share | RED + KD gap share |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| RED | RED gap share (per seed) | KD gap share | RED + KD gap share" + plus_head + " |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + plus_rule,
     ]
     for r in rows:
         per_seed = ", ".join(_pct(x) for x in r["gap_per_seed"])
@@ -124,6 +144,8 @@ def write(rows: list[dict], results: Path) -> list[Path]:
             f"{r['change']} | {r['seeds']} | {_acc(r, 'teacher')} | {_acc(r, 'vanilla')} | {_acc(r, 'red')} | "
             f"**{_pct(r['gap'].get('red'))}** ({per_seed}) | {_pct(r['gap'].get('kd'))} | "
             f"{_pct(r['gap'].get('red_kd'))} |"
+            + (f" {_acc(r, 'student_plus')} | {_diff(r, 'RED - vanilla')} | {_diff(r, 'RED - student+')} | "
+               f"{_diff(r, 'student+ - vanilla')} |" if plus_rows else "")
         )
     lines += [
         "",
@@ -137,6 +159,11 @@ def write(rows: list[dict], results: Path) -> list[Path]:
         sets = len({tuple(r["kd_runs"]) for r in kd_rows})
         lines.append(f"- Where plain logit KD ran on the same recipe ({len(kd_rows)} settings, {sets} distinct sets of KD "
                      f"runs: a call that reused another's runs shows them again), it recovers more than RED in {better}.")
+    if plus_rows:
+        beats = [r["file"] for r in plus_rows
+                 if r["differences"]["RED - vanilla"]["beyond_spread"] and r["differences"]["RED - student+"]["beyond_spread"]]
+        lines.append(f"- Where student+ ran ({len(plus_rows)} settings), RED beats both vanilla and student+ by more "
+                     f"than the seeds' spread in {len(beats)}" + (f": {', '.join(beats)}." if beats else "."))
     png = results / "red_summary.png"
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.6))
     names = [r["file"].removeprefix("fashion_mnist").lstrip("_") or "full" for r in rows]

@@ -21,7 +21,9 @@ def test_every_method_shares_teacher_student_recipe_and_seeds(compare, tmp_path)
         assert cfg["model"]["student"] == proto.student
         if method != "vanilla":
             assert cfg["model"]["teacher_checkpoint"] == str(teacher["dir"] / "best.pt")
-            assert cfg["distill"]["method"] == method and cfg["distill"]["pairs"] is None
+            assert cfg["distill"]["method"] == compare.EXTRA_ARMS.get(method, method) and cfg["distill"]["pairs"] is None
+        if method == "student_plus":  # RED's blocks and loss weights, no distillation weight
+            assert cfg["distill"]["method"] == "red" and cfg["distill"]["options"] == {**proto.red, "alpha": 0.0}
         shared = strip(cfg)
         shared["model"] = {"student": shared["model"]["student"]}
         by_seed.setdefault(seed, []).append(shared)
@@ -56,3 +58,10 @@ def test_aggregate_ranks_and_judges(compare):
     assert v["red_within_1std_of_best"] is True  # 85 - 84 <= 1.41
     assert v["red_kd_ge_red"] is True
     assert v["red_gap_recovered"] == pytest.approx((84 - 81) / (91 - 81))
+    assert "red_minus_student_plus" not in v  # no student+ arm
+
+    summaries += [run("student_plus", 0, 83.5), run("student_plus", 1, 84.0)]
+    result = compare.aggregate(teacher, summaries, ["vanilla", "kd", "red", "student_plus", "red_kd"])
+    d = result["verdict"]["red_minus_student_plus"]
+    assert d["per_seed"] == pytest.approx([-0.5, 1.0]) and d["mean"] == pytest.approx(0.25)
+    assert d["std"] == pytest.approx(1.5 / 2**0.5)

@@ -96,6 +96,55 @@ def test_shared_teacher_student_spec_and_red_kd_overrides(fm, tmp_path):
         fm.parse_args(["--teacher", "a", "--teachers", "b"])
 
 
+def test_student_plus_and_teacher_model_overrides(fm, tmp_path):
+    from redistill.train import load_config
+
+    teacher, student = "cifar_resnet20:strides=1,2,2,2", "cifar_resnet20:strides=4,1,2,1"
+    args = fm.parse_args(["--student-plus", "--kd", "--teacher-model", teacher, "--student", student,
+                          "--red-weights", "1", "1", "--out", str(tmp_path), "distill.options.alpha=50"])
+    assert fm.kinds(args) == ("teacher", "vanilla", "red", "student_plus", "kd")
+    cfgs = {k: load_config(fm.REPO / "configs" / "demo" / fm.CONFIG_FILES[k], fm.protocol_overrides(args, k, 1))
+            for k in fm.kinds(args)}
+    assert cfgs["teacher"].model.student == teacher and cfgs["teacher"].distill.method is None
+    for kind in ("red", "student_plus", "kd"):  # the distilled runs rebuild that teacher, not the configs' one
+        assert cfgs[kind].model.teacher == teacher and cfgs[kind].model.student == student
+        assert cfgs[kind].model.teacher_checkpoint == str(tmp_path / "teacher_s1")
+    plus, red = cfgs["student_plus"].distill, cfgs["red"].distill
+    assert plus.method == red.method == "red" and plus.pairs == red.pairs == "auto"  # the same RED blocks
+    assert plus.options["alpha"] == 0 and red.options["alpha"] == 50  # an override of the call cannot reach student+
+    assert plus.options["w_task"] == red.options["w_task"] == 1.0 and plus.options["w_distill"] == 1.0
+    assert fm.weights_suffix(args, "student_plus") == "_w1-1" and fm.weights_suffix(args, "kd") == ""
+    assert cfgs["vanilla"].model.teacher is None and cfgs["vanilla"].distill.method is None
+    from redistill.errors import UserError
+
+    fm.check_student_plus({"pairs": [{"alpha": 0.0}, {"alpha": 0.0}]}, "student_plus_s0")
+    with pytest.raises(UserError, match="student_plus_s0: student\\+ needs RED pairs with alpha 0"):
+        fm.check_student_plus({"pairs": [{"alpha": 0.0}, {"alpha": 10.0}]}, "student_plus_s0")
+
+
+def test_paired_differences_with_student_plus(fm, tmp_path):
+    accs = {"teacher": [93.0, 93.4, 92.6], "vanilla": [90.0, 90.2, 89.8], "red": [91.0, 91.6, 90.8],
+            "student_plus": [90.5, 91.4, 90.9]}
+    summaries = {f"{k}_s{s}": _summary(k, a, a) for k, v in accs.items() for s, a in enumerate(v)}
+    args = fm.parse_args(["--results", str(tmp_path), "--student-plus", "--tag", "plus"])
+    agg = fm.aggregate(summaries, args.seeds, fm.kinds(args))
+    d = agg["differences"]
+    assert d["RED - vanilla"]["per_seed"] == pytest.approx([1.0, 1.4, 1.0])
+    assert d["RED - vanilla"]["mean"] == pytest.approx(3.4 / 3) and d["RED - vanilla"]["beyond_spread"]
+    assert d["RED - student+"]["per_seed"] == pytest.approx([0.5, 0.2, -0.1])
+    assert d["RED - student+"]["std"] == pytest.approx(0.3) and not d["RED - student+"]["beyond_spread"]
+    assert d["student+ - vanilla"]["mean"] == pytest.approx(2.8 / 3)
+    assert agg["gap_recovered_by_group"]["student_plus"] == pytest.approx((90.933333 - 90.0) / 3.0, rel=1e-4)
+    js, md, _ = fm.write_results(args, agg, summaries, 1.0, None)
+    text = md.read_text()
+    assert "RED - vanilla **+1.13 ± 0.23** (per seed +1.00, +1.40, +1.00)" in text
+    assert "RED - student+ **+0.20 ± 0.30** (per seed +0.50, +0.20, -0.10)" in text
+    assert "by more than the seeds' spread (mean difference > its std): **no**" in text
+    assert "| student_plus | cifar_resnet20 [4,1,1,1] |" in text and "student+ [90.5, 91.4, 90.9]" in text
+    assert json.loads(js.read_text())["differences"]["RED - student+"]["mean"] == pytest.approx(0.2)
+    assert fm.aggregate(summaries, args.seeds)["differences"] == {}  # no student+ group: none reported
+
+
 def test_aggregate_and_results(fm, tmp_path):
     accs = {"teacher": [93.0, 93.4, 92.6], "vanilla": [90.0, 90.2, 89.8], "red": [91.6, 91.9, 91.3]}
     summaries = {f"{k}_s{s}": _summary(k, a, a + 0.1) for k, v in accs.items() for s, a in enumerate(v)}

@@ -54,6 +54,27 @@ def test_rows_gap_shares_and_target(fm, rs, tmp_path):
     assert (tmp_path / "red_summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_student_plus_columns_only_with_student_plus_files(fm, rs, tmp_path):
+    teacher = [94.0, 94.0, 94.0]
+    _protocol_file(fm, tmp_path, ["--tag", "old"], {"teacher": teacher, "vanilla": [90.0] * 3, "red": [91.0] * 3})
+    assert rs.main(["--results", str(tmp_path)]) == 0
+    assert "student+" not in (tmp_path / "red_summary.md").read_text()  # no student+ run: no such columns
+
+    _protocol_file(fm, tmp_path, ["--tag", "56", "--student-plus", "--teacher-model", "cifar_resnet20:strides=1,2,2,2"],
+                   {"teacher": teacher, "vanilla": [90.0, 90.4, 89.6], "red": [92.0, 92.4, 91.6],
+                    "student_plus": [91.0, 91.0, 91.0]})
+    assert rs.main(["--results", str(tmp_path)]) == 0
+    rows = {r["file"]: r for r in json.loads((tmp_path / "red_summary.json").read_text())["rows"]}
+    new = rows["fashion_mnist_56"]
+    assert new["differences"]["RED - student+"]["per_seed"] == pytest.approx([1.0, 1.4, 0.6])
+    assert new["change"] == "teacher `cifar_resnet20:strides=1,2,2,2`" and rows["fashion_mnist_old"]["differences"] == {}
+    text = (tmp_path / "red_summary.md").read_text()
+    assert "| RED + KD gap share | student+ | RED - vanilla | RED - student+ | student+ - vanilla |" in text
+    assert "| 91.00 ± 0.00 | +2.00 ± 0.00 | +1.00 ± 0.40 | +1.00 ± 0.40 |" in text  # the student+ file's row
+    assert "| - | - | - | - | - |" in text  # the older file's row: dashes in the new columns
+    assert "RED beats both vanilla and student+ by more than the seeds' spread in 1: fashion_mnist_56." in text
+
+
 def test_a_file_from_an_older_script_is_one_clear_error(rs, tmp_path, capsys):
     old = {"settings": {"quick": False, "seeds": [0], "overrides": []}, "groups": {}, "gap_recovered": None}
     (tmp_path / "fashion_mnist_old.json").write_text(json.dumps(old))

@@ -203,6 +203,43 @@ def test_preload_refuses_unsupported_augmentation():
         preloaded_loaders(build_datasets(cfg), cfg, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("size", [40, 12])  # up from the native 16 px, and down (antialiased)
+def test_preload_resizes_once_like_the_per_image_pipeline(size):
+    from redistill.train.preload import preloaded_loaders
+
+    cfg = data_cfg(name="synthetic", image_size=size, batch_size=8, eval_batch_size=10,
+                   augment={"crop": "none", "flip": False})
+    splits = build_datasets(cfg)
+    train, val, test = preloaded_loaders(splits, cfg, torch.device("cpu"))
+    assert train.images.shape[1:] == val.images.shape[1:] == test.images.shape[1:] == (1, size, size)
+    assert train.images.dtype == torch.uint8  # resized when built, batches only index it
+    mean, std = splits.info.mean[0], splits.info.std[0]
+    x, _ = next(iter(test))
+    assert x.shape == (10, 1, size, size) and torch.allclose(x, (test.images[:10].float() / 255 - mean) / std)
+    for batches, ds in ((train, splits.train), (val, splits.val), (test, splits.test)):
+        x, y = (batches.images[:10].float() / 255 - mean) / std, batches.targets[:10]  # what every batch is cut from
+        expected = torch.stack([ds[i][0] for i in range(10)])
+        assert x.shape == expected.shape == (10, 1, size, size)
+        assert torch.allclose(x, expected, atol=1e-6)  # the same resize kernel: equal pixel for pixel
+        assert y.tolist() == [ds[i][1] for i in range(10)]
+
+
+def test_preload_resizes_after_the_canvas():
+    from redistill.train.preload import preloaded_loaders
+
+    cfg = data_cfg(name="synthetic", canvas=24, image_size=48, batch_size=8, augment={"crop": "pad", "padding": 2})
+    splits = build_datasets(cfg)
+    train, _, test = preloaded_loaders(splits, cfg, torch.device("cpu"))
+    assert splits.test[0][0].shape == (1, 48, 48) and test.images.shape[1:] == (1, 48, 48)
+    train.set_epoch(0, 0)
+    x, _ = next(iter(train))
+    assert x.shape == (8, 1, 48, 48)  # the pad-and-crop augmentation works on the resized images
+    with pytest.raises(UserError, match="resizes square images only, got 5x7"):
+        from redistill.train.preload import resize_images
+
+        resize_images(torch.zeros(2, 1, 5, 7, dtype=torch.uint8), 10)
+
+
 def test_canvas_puts_each_image_whole_at_one_seeded_place():
     from redistill.train.data import place_on_canvas
 

@@ -223,3 +223,27 @@ def test_red_distiller_on_cuda_with_amp_and_channels_last(setup_on):
     opt.step()
     for key, value in d.teacher.state_dict().items():
         assert torch.equal(value, teacher_state[key]), key
+
+
+def test_alpha_zero_gives_no_distillation_gradient():
+    """student+: RED blocks in the student, every alpha 0: the gradient is that of w_task * CE alone."""
+    images, targets = _batch()
+
+    def grads(alpha: float, ce_only: bool) -> tuple[dict, dict]:
+        torch.manual_seed(0)
+        teacher, student = tiny(1), tiny(2)
+        method = REDMethod(pairs=["0 -> 3", "3:in -> 5:in"], alpha=alpha, w_task=0.5, w_distill=0.5)
+        d = Distiller(student, teacher, method, example_input=images).train()
+        torch.manual_seed(1)  # the same dropout mask in every call
+        _, terms = d(images, targets)
+        loss = d.weight_of("ce") * terms["ce"] if ce_only else d.total_loss(terms)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in d.student.named_parameters()}, terms
+
+    plus, terms = grads(0.0, ce_only=False)
+    task, _ = grads(0.0, ce_only=True)
+    assert all(v.item() > 1e-4 for k, v in terms.items() if k != "ce")  # the terms exist, they just weigh 0
+    assert any(".red_" in n for n in plus)  # the RED blocks are in the student and trained
+    assert all(torch.equal(plus[n], task[n]) for n in task)  # bit for bit: 0 * L_RED adds nothing
+    red, _ = grads(10.0, ce_only=False)
+    assert not all(torch.allclose(red[n], task[n]) for n in task)  # with alpha 10 the same test tells them apart

@@ -179,9 +179,9 @@ def test_layers_report_and_cli(capsys):
 # --- the authors' pairs (docs/method.md s.5) on this project's model families -------------------
 
 
-def _authors(student_spec: str, teacher_spec: str, size: int) -> list[tuple[str, str, str]]:
+def _authors(student_spec: str, teacher_spec: str, size: int, channels: int = 3) -> list[tuple[str, str, str]]:
     s, t = create_model(student_spec), create_model(teacher_spec)
-    return [(p.student, p.teacher, p.side) for p in auto_pairs(s, t, (1, 3, size, size))]
+    return [(p.student, p.teacher, p.side) for p in auto_pairs(s, t, (1, channels, size, size))]
 
 
 def _stem_then_both_sides(stem: tuple[str, str], later: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
@@ -210,6 +210,22 @@ def test_auto_pairs_resnet18_imagenet_student():
     assert _authors("resnet18:strides=8,1,1,2,2,1", "resnet18", 224) == _stem_then_both_sides(
         ("conv1", "layer2.0"), [("layer2.0", "layer3.0"), ("layer3.0", "layer4.0")]
     )
+
+
+def test_auto_pairs_paper_shaped_cifar_resnet20_at_56px():
+    """The Fashion-MNIST paper-shaped pair: stem x4 with one later stride 2 kept gets 3 RED blocks, peak 8x lower."""
+    from redistill.memory.analyze import analyze_memory
+    from redistill.models import create_model
+
+    teacher, student = "cifar_resnet20:strides=1,2,2,2:in_channels=1", "cifar_resnet20:strides=4,1,2,1:in_channels=1"
+    assert _authors(student, teacher, 56, channels=1) == _stem_then_both_sides(
+        ("conv1", "layer2.0"), [("layer2.0", "layer3.0")]
+    )
+    for convention in ("live", "layer"):
+        peaks = [analyze_memory(create_model(spec).eval(), (1, 1, 56, 56), convention=convention).peak_bytes
+                 for spec in (teacher, student)]
+        assert peaks == [16 * 56 * 56 * 4 * 3 // 2, 16 * 14 * 14 * 4 * 3]  # the redistill memory figures
+        assert peaks[0] == 8 * peaks[1]
 
 
 def test_layers_cli_bad_input_is_one_line_and_exit_2(capsys):

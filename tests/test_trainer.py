@@ -136,6 +136,24 @@ def test_distillation_without_teacher_checkpoint_is_refused(tmp_path):
         run_training(cfg, tmp_path / "r")
 
 
+def test_a_teacher_spec_other_than_the_checkpoints_is_refused(teacher_run):
+    from redistill.train.build import load_teacher
+    from redistill.train.data import build_datasets
+
+    teacher_dir, _ = teacher_run  # trained as cifar_resnet8 (strides 1,1,2,2), width 4
+    info = build_datasets(tiny().data).info
+
+    def teacher(spec: str):
+        return load_teacher(tiny(f"model.teacher={spec}", f"model.teacher_checkpoint={teacher_dir}",
+                                 "distill.method=red"), info)
+
+    # Other strides load the same weight shapes: only the spec check stops a wrong teacher.
+    with pytest.raises(UserError, match=r"teacher cifar_resnet8:strides=1,2,2,2 is not the network .* trained as "
+                                        r"\(cifar_resnet8:strides=1,1,2,2\)"):
+        teacher("cifar_resnet8:strides=1,2,2,2")
+    assert teacher("cifar_resnet8:strides=1,1,2,2") is not None  # spelled differently, same network
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from redistill.distill.distiller import Distiller
 

@@ -13,7 +13,7 @@ from redistill.checkpoint import load_checkpoint, load_weights
 from redistill.distill import Distiller, create_method, redo_surgery
 from redistill.errors import UserError
 from redistill.modelref import resolve_model
-from redistill.models import Built
+from redistill.models import Built, spec_string
 from redistill.train.config import Config, ModelConfig
 from redistill.train.data import DataInfo
 from redistill.train.task import Task
@@ -93,11 +93,28 @@ def model_from_state(
     spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, state: dict, source, what: str = "model",
     trust_code: bool = True,
 ) -> Built:
-    """Rebuild a trained network from its spec, the method surgery and the weights of a checkpoint."""
+    """Rebuild a trained network from its spec, the method surgery and the weights of a checkpoint.
+
+    Raises:
+        UserError: ``spec`` builds another architecture than the one the checkpoint records
+            (other strides load the same weight shapes, so the weights alone cannot tell).
+    """
     model, model_info = build_model(spec, mcfg, info, trust_code=trust_code)
+    recorded = state.get("arch")
+    if recorded is not None and model_info.spec is not None and model_info.spec != recorded:
+        raise UserError(
+            f"{what} {_spec_text(spec)} is not the network {source} was trained as ({_spec_text(recorded)}); "
+            f"give that spec or leave the {what}'s spec out"
+        )
     redo_surgery(model, state.get("surgery") or {}, source=source)
     load_weights(model, state["model"], source, what=what)
     return Built(model.eval(), model_info)
+
+
+def _spec_text(spec) -> str:
+    if isinstance(spec, dict) and "strides" in spec and spec.get("source") != "torchvision":
+        return spec_string(spec)
+    return str(spec)
 
 
 def pairs_to_data(method) -> Optional[list[dict[str, Any]]]:

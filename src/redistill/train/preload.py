@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
+from torchvision.transforms.v2 import functional as TF
 
 from redistill.errors import UserError
 from redistill.train.config import AugmentConfig, DataConfig
@@ -30,7 +31,7 @@ def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     raise UserError("data.preload works for fashion_mnist, cifar10, stl10 and synthetic; set data.preload=false")
 
 
-def check_preload(cfg: DataConfig, info: DataInfo, native_size: int) -> None:
+def check_preload(cfg: DataConfig) -> None:
     """Refuse the augmentations that only the per-image pipeline implements."""
     aug = cfg.augment
     unsupported = []
@@ -38,10 +39,32 @@ def check_preload(cfg: DataConfig, info: DataInfo, native_size: int) -> None:
         unsupported.append("augment.crop=resized")
     if aug.randaugment_ops > 0:
         unsupported.append("augment.randaugment_ops")
-    if info.image_size != native_size:
-        unsupported.append("image_size (resizing)")
     if unsupported:
         raise UserError(f"data.preload does not support {', '.join(unsupported)}; set data.preload=false")
+
+
+_RESIZE_CHUNK = 2048  # images resized at a time: bounds the working copies of a large set
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square uint8 images (N, C, H, H) resized to (N, C, size, size), still uint8.
+
+    The per-image pipeline's resize (bilinear, antialiased; torchvision's uint8 kernel), applied
+    to whole chunks at once, so preloaded images equal the per-image ones pixel for pixel (a float
+    ``F.interpolate`` rounded back to uint8 differs by one level in about a quarter of the pixels).
+    Done once when the tensor is built, after ``data.canvas`` placed the native images (the order
+    of :func:`~redistill.train.data.build_datasets`), so a resized run costs no more per step.
+    """
+    n, c, h, w = images.shape
+    if h != w:
+        raise UserError(f"data.preload resizes square images only, got {h}x{w}; set data.preload=false")
+    if h == size:
+        return images
+    out = images.new_empty(n, c, size, size)
+    for start in range(0, n, _RESIZE_CHUNK):
+        chunk = images[start : start + _RESIZE_CHUNK]
+        out[start : start + _RESIZE_CHUNK] = TF.resize(chunk, [size, size], antialias=True)
+    return out
 
 
 class TensorBatches:
@@ -121,15 +144,24 @@ class TensorBatches:
 def preloaded_loaders(
     splits: Splits, cfg: DataConfig, device: torch.device, world_size: int = 1, rank: int = 0
 ) -> tuple[TensorBatches, TensorBatches | None, TensorBatches]:
-    """Train / val / test batch iterators over tensors held on ``device``."""
-    train_x, train_y = _tensors(splits.train)
-    check_preload(cfg, splits.info, train_x.shape[-1])
+    """Train / val / test batch iterators over tensors held on ``device``.
+
+    Images whose side differs from ``data.image_size`` are resized once, here, for all three
+    splits alike (only the images a split uses: a subset is resized after it is taken).
+    """
+    check_preload(cfg)
     if cfg.batch_size % world_size:
         raise UserError(f"data.batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
+    size = splits.info.image_size
+
+    def tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = _tensors(ds)
+        return resize_images(images, size), targets
+
     eval_bs = cfg.eval_batch_size or cfg.batch_size
-    train = TensorBatches(train_x, train_y, cfg.batch_size, splits.info, device, cfg.augment, world_size, rank)
+    train = TensorBatches(*tensors(splits.train), cfg.batch_size, splits.info, device, cfg.augment, world_size, rank)
     val = None
     if splits.val is not None:
-        val = TensorBatches(*_tensors(splits.val), eval_bs, splits.info, device)
-    test = TensorBatches(*_tensors(splits.test), eval_bs, splits.info, device)
+        val = TensorBatches(*tensors(splits.val), eval_bs, splits.info, device)
+    test = TensorBatches(*tensors(splits.test), eval_bs, splits.info, device)
     return train, val, test

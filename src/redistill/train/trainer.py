@@ -181,6 +181,7 @@ class _Loop:
         return {
             "epoch": self.epoch,
             "model": self.distiller.student.state_dict(),
+            "arch": self.student_info.spec,  # what the weights belong to (None for user factories)
             "surgery": surgery_of(self.distiller.student),
             "data_info": dataclasses.asdict(self.info),
             "method": method.state_dict() if method is not None else {},
