@@ -1,0 +1,3 @@
+"""redistill: peak-memory analysis and Residual Encoded Distillation for CNNs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from redistill.cli.main import main
+
+sys.exit(main())

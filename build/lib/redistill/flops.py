@@ -1,0 +1,41 @@
+"""FLOP and parameter counts, via ``torch.utils.flop_counter`` (grouped convs counted correctly)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(model: nn.Module, input: Sequence[int] | torch.Tensor) -> int:
+    """FLOPs of one eval-mode forward pass (a multiply-add counts as 2 FLOPs).
+
+    Args:
+        model: the network; its train/eval mode is restored afterwards.
+        input: an input tensor, or its shape (a zero tensor on the model's device is used).
+    Returns:
+        Total FLOPs as counted by ``FlopCounterMode`` (convs, matmuls; element-wise ops are free).
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = input if isinstance(input, torch.Tensor) else torch.zeros(tuple(input), device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared parameters counted once).
+
+    Args:
+        model: the network.
+        trainable_only: count only parameters with ``requires_grad``.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

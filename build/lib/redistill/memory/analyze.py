@@ -1,0 +1,191 @@
+"""``analyze_memory``: exact peak activation memory of any ``nn.Module``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from redistill.errors import UserError
+from redistill.memory import liveness, replay
+from redistill.memory.fold import fold_batchnorm, foldable_pairs
+from redistill.memory.report import MemoryReport, ModuleEntry, OpEntry
+from redistill.memory.trace import Trace, trace_model
+
+DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+InputLike = Sequence[int] | torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def make_inputs(input: InputLike, batch_size: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Example input tensors from a shape (random, seeded) or tensors.
+
+    Args:
+        input: a shape like (1, 3, 224, 224) or (3, 224, 224), a tensor, or a tuple of tensors.
+        batch_size: replaces the batch dimension of a shape (prepended to a 3-d shape).
+    """
+    if isinstance(input, torch.Tensor):
+        return (input,)
+    if isinstance(input, (tuple, list)) and input and all(isinstance(t, torch.Tensor) for t in input):
+        return tuple(input)
+    shape = [int(s) for s in input]
+    if any(s <= 0 for s in shape) or not shape:
+        raise UserError(f"input shape {shape} must have positive sizes, e.g. 1x3x224x224")
+    if len(shape) == 3:
+        shape = [batch_size or 1, *shape]
+    elif batch_size is not None:
+        shape[0] = batch_size
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(shape, generator=gen),)
+
+
+def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool
+            ) -> tuple[nn.Module, Trace, int]:
+    """Trace the model in eval mode, BN folded into convs when asked (on a copy).
+
+    Returns:
+        The model that was traced (a folded copy, or the model itself), its trace and
+        the number of folded (conv, bn) pairs.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        trace, _ = trace_model(model, inputs)
+        pairs = foldable_pairs(trace, model) if fold_bn else []
+        if pairs:
+            model = fold_batchnorm(model, pairs)
+            trace, _ = trace_model(model, inputs)
+    finally:
+        if was_training:
+            model.train()
+    return model, trace, len(pairs)
+
+
+def analyze_memory(
+    model: nn.Module,
+    input: InputLike,
+    *,
+    batch_size: int | None = None,
+    dtype: str = "fp32",
+    convention: str = "live",
+    fold_bn: bool = True,
+    inplace_depthwise: bool = False,
+    inplace_add: bool = False,
+    measure: bool = False,
+    name: str | None = None,
+) -> MemoryReport:
+    """Peak activation memory of ``model`` on ``input``.
+
+    Args:
+        model: any module; it is not modified (folding works on a copy).
+        input: example input: a shape or tensor(s).
+        batch_size: batch size (default: the shape's, or 1).
+        dtype: element size of activations: fp32 | fp16 | bf16 | int8 (1 byte).
+        convention: live | eager | layer (see :mod:`redistill.memory.liveness`).
+        fold_bn: fold BatchNorm into the preceding conv, as deployed.
+        inplace_depthwise: depthwise convs overwrite their input (+ one channel).
+        inplace_add: element-wise adds overwrite a dying input.
+        measure: also run the model for real and measure (adds ``report.measured``).
+        name: model name for the report.
+    Returns:
+        A :class:`MemoryReport`.
+    """
+    if dtype not in DTYPE_SIZES:
+        raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPE_SIZES)}")
+    if convention not in liveness.CONVENTIONS:
+        raise UserError(f"unknown convention '{convention}'; use one of {', '.join(liveness.CONVENTIONS)}")
+    elem = DTYPE_SIZES[dtype]
+    inputs = make_inputs(input, batch_size)
+    traced_model, trace, n_folded = prepare(model, inputs, fold_bn)
+
+    live = liveness.plan_live(trace, elem, inplace_depthwise, inplace_add)
+    eager = liveness.plan_eager(trace, elem)
+    layer_idx = liveness.layer_ops(trace, live)
+    peaks = {
+        "live": max(live.live, default=0),
+        "eager": max(eager.live, default=0),
+        "layer": max((live.live[i] for i in layer_idx), default=0),
+    }
+    plan = eager if convention == "eager" else live
+    candidates = layer_idx if convention == "layer" else range(len(trace.ops))
+    peak_index = max(candidates, key=lambda i: plan.live[i], default=0)
+    layer_set = set(layer_idx)
+    timeline = [
+        OpEntry(op.index, op.name.removeprefix("aten."), op.module, plan.live[op.index],
+                plan.produced[op.index], op.index in layer_set)
+        for op in trace.ops
+    ]
+    params = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
+              for t in list(model.parameters()) + list(model.buffers())}
+    peak_op = trace.ops[peak_index] if trace.ops else None
+    report = MemoryReport(
+        model=name or type(model).__name__,
+        input_shape=list(inputs[0].shape),
+        dtype=dtype,
+        convention=convention,
+        options={"fold_bn": fold_bn, "folded_pairs": n_folded,
+                 "inplace_depthwise": inplace_depthwise, "inplace_add": inplace_add},
+        peak_bytes=peaks[convention],
+        peak_index=peak_index,
+        peak_op=peak_op.name.removeprefix("aten.") if peak_op else "",
+        peak_module=peak_op.module if peak_op else "",
+        peaks=peaks,
+        param_bytes=sum(params.values()),
+        timeline=timeline,
+        modules=_module_summary(trace, plan, traced_model),
+    )
+    if measure:
+        fp32 = live if elem == 4 else liveness.plan_live(trace, 4, inplace_depthwise, inplace_add)
+        report.measured = measure_report(traced_model, trace, live, eager, inputs, elem, fp32)
+    return report
+
+
+def measure_report(model: nn.Module, trace: Trace, live: liveness.Plan, eager: liveness.Plan,
+                   inputs: tuple[torch.Tensor, ...], elem: int, fp32_live: liveness.Plan) -> dict:
+    """Measured peaks next to the predictions (see :mod:`redistill.memory.replay`).
+
+    The allocator runs the model in fp32, so its excess is taken over ``fp32_live``.
+    """
+    live_measured = replay.replay(trace, live, inputs, elem)
+    eager_measured = replay.measure_eager(model, inputs, elem)
+    alloc = replay.allocator_peak_cpu(trace, live, inputs)
+    return {
+        "live_boundary_peak": max(live_measured, default=0),
+        "live_predicted_peak": max(live.live, default=0),
+        "eager_boundary_peak": max(eager_measured, default=0),
+        "eager_predicted_peak": max(eager.live, default=0),
+        "cpu_allocator_peak": alloc,
+        "cpu_allocator_excess": alloc - max(fp32_live.live, default=0),
+        "cuda_peak": replay.cuda_peak(trace, live, inputs),
+        "live_boundary": live_measured,
+        "eager_boundary": eager_measured,
+    }
+
+
+def _display_groups(model: nn.Module) -> set[str]:
+    """Children of the root, with root-level containers expanded one level."""
+    names = set()
+    for name, child in model.named_children():
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1:
+            names.update(f"{name}.{sub}" for sub, _ in child.named_children())
+        else:
+            names.add(name)
+    return names
+
+
+def _module_summary(trace: Trace, plan: liveness.Plan, model: nn.Module) -> list[ModuleEntry]:
+    groups = _display_groups(model)
+    entries: dict[str, ModuleEntry] = {}
+    for name, first, last in trace.module_spans:
+        if name not in groups or last < first:
+            continue
+        peak = max(plan.live[first:last + 1])
+        produced = sum(plan.produced[first:last + 1])
+        e = entries.get(name)
+        if e is None:
+            entries[name] = ModuleEntry(name, trace.module_types.get(name, ""), first, last, peak, produced)
+        else:  # a module called several times: merge its calls
+            e.last_op, e.peak_bytes = max(e.last_op, last), max(e.peak_bytes, peak)
+            e.produced_bytes += produced
+    return sorted(entries.values(), key=lambda e: e.first_op)

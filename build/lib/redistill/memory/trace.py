@@ -1,0 +1,280 @@
+"""Dispatch-level tracing of one forward pass.
+
+The tracer runs the real model on real tensors under a ``TorchDispatchMode``, so it works
+on any model (including data-dependent Python control flow that ``torch.fx`` cannot
+trace) and sees every ATen op that actually executes. It records, per op, which values
+(tensors) it reads and writes, which storage each value lives in, the module that was
+running, and when eager PyTorch actually freed each storage. The recording holds no
+reference to activations, so those frees are real. The recording is also a straight-line
+program that :mod:`redistill.memory.replay` can execute again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.weak import WeakIdKeyDictionary
+
+from redistill.errors import UserError
+
+# Element-wise merges of two activations; the in-place-add option and the layer
+# convention treat these specially.
+ADD_OPS = {"aten.add.Tensor", "aten.add_.Tensor"}
+
+
+@dataclass
+class Storage:
+    """One physical buffer seen during the trace."""
+
+    sid: int
+    nbytes: int
+    itemsize: int
+    floating: bool
+    kind: str  # "input" | "activation" | "param" (parameters, buffers, constants)
+    birth: int  # index of the op that produced it (-1: existed before the forward)
+    eager_death: int | None = None  # last op index during which eager PyTorch kept it
+
+
+@dataclass
+class Value:
+    """One tensor produced (or read) during the trace."""
+
+    vid: int
+    sid: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    numel: int
+    producer: int  # op index, -1 for inputs and constants
+
+
+@dataclass
+class Ref:
+    """Placeholder for a traced tensor inside a recorded op's arguments."""
+
+    vid: int
+
+
+@dataclass
+class Op:
+    index: int
+    name: str  # e.g. "aten.convolution.default"
+    func: Any  # the OpOverload, for replay
+    args: Any  # pytree with Ref placeholders
+    kwargs: Any
+    inputs: list[int]  # vids read (unique, in order)
+    outputs: list[int]  # vids written
+    out_tree: Any  # pytree of the result with Ref placeholders
+    module: str  # qualified name of the innermost running module ("" = root)
+    module_type: str
+    in_place_of: int | None = None  # vid whose tensor object the op returned (in-place op)
+
+
+@dataclass
+class Trace:
+    ops: list[Op] = field(default_factory=list)
+    values: dict[int, Value] = field(default_factory=dict)
+    storages: dict[int, Storage] = field(default_factory=dict)
+    input_vids: list[int] = field(default_factory=list)
+    output_vids: list[int] = field(default_factory=list)
+    constants: dict[int, torch.Tensor] = field(default_factory=dict)  # vid -> tensor (params etc.)
+    module_types: dict[str, str] = field(default_factory=dict)
+    module_spans: list[tuple[str, int, int]] = field(default_factory=list)  # (name, first op, last op)
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+class _Tracer(TorchDispatchMode):
+    def __init__(self, trace: Trace, param_cdata: set[int]):
+        super().__init__()
+        self.trace = trace
+        self.param_cdata = param_cdata
+        self.vids = WeakIdKeyDictionary()  # tensor object -> vid
+        self.live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage cdata -> (sid, weakref)
+        self.module_stack: list[str] = [""]
+
+    # -- bookkeeping -------------------------------------------------------
+    def _storage_of(self, t: torch.Tensor, producer: int, kind: str) -> int:
+        st = t.untyped_storage()
+        key = st._cdata
+        hit = self.live.get(key)
+        if hit is not None:
+            if not hit[1].expired():
+                return hit[0]
+            # Freed since the last op boundary and its address reused already.
+            self.trace.storages[hit[0]].eager_death = producer - 1
+        sid = len(self.trace.storages)
+        if key in self.param_cdata:
+            kind = "param"
+        self.trace.storages[sid] = Storage(
+            sid=sid,
+            nbytes=st.nbytes(),
+            itemsize=t.element_size(),
+            floating=t.is_floating_point() or t.is_complex(),
+            kind=kind,
+            birth=producer,
+        )
+        self.live[key] = (sid, StorageWeakRef(st))
+        return sid
+
+    def _new_value(self, t: torch.Tensor, producer: int, kind: str = "activation") -> int:
+        vid = len(self.trace.values)
+        sid = self._storage_of(t, producer, kind)
+        self.trace.values[vid] = Value(vid, sid, tuple(t.shape), t.dtype, t.numel(), producer)
+        self.vids[t] = vid
+        return vid
+
+    def register_input(self, t: torch.Tensor) -> None:
+        self.trace.input_vids.append(self._new_value(t, -1, "input"))
+
+    def _vid_of_arg(self, t: torch.Tensor) -> int:
+        vid = self.vids.get(t)
+        if vid is None:  # not produced by a traced op: a parameter, buffer or constant
+            vid = self._new_value(t, -1, "param")
+            self.trace.constants[vid] = t
+        return vid
+
+    def _reap(self, index: int) -> None:
+        """Record the storages eager PyTorch has freed since the previous op."""
+        dead = [k for k, (_, ref) in self.live.items() if ref.expired()]
+        for key in dead:
+            sid, _ = self.live.pop(key)
+            self.trace.storages[sid].eager_death = index - 1
+
+    # -- the mode ----------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        index = len(self.trace.ops)
+        self._reap(index)
+        flat_in, _ = tree_flatten((args, kwargs))
+        in_tensors = [x for x in flat_in if _is_tensor(x)]
+        in_vids = [self._vid_of_arg(t) for t in in_tensors]
+        # Placeholders are taken before the call: an add_ re-binds its tensor to a new value.
+        to_ref = lambda x: Ref(self.vids[x]) if _is_tensor(x) else x  # noqa: E731
+        args_ref, kwargs_ref = tree_map(to_ref, args), tree_map(to_ref, kwargs)
+        out = func(*args, **kwargs)
+
+        name = str(func)
+        in_place_of = None
+        outputs: list[int] = []
+
+        def record(x: Any) -> Any:
+            nonlocal in_place_of
+            if not _is_tensor(x):
+                return x
+            same = next((v for t, v in zip(in_tensors, in_vids) if t is x), None)
+            if same is not None and name not in ADD_OPS:
+                # An in-place op returned its argument: same value, same buffer.
+                in_place_of = same
+                vid = same
+            else:
+                # add_ is recorded as a new value so conventions may give it a fresh buffer.
+                if same is not None:
+                    in_place_of = same
+                vid = self._new_value(x, index)
+            outputs.append(vid)
+            return Ref(vid)
+
+        out_tree = tree_map(record, out)
+        mod = self.module_stack[-1]
+        self.trace.ops.append(
+            Op(
+                index=index,
+                name=name,
+                func=func,
+                args=args_ref,
+                kwargs=kwargs_ref,
+                inputs=list(dict.fromkeys(in_vids)),
+                outputs=outputs,
+                out_tree=out_tree,
+                module=mod,
+                module_type=self.trace.module_types.get(mod, ""),
+                in_place_of=in_place_of,
+            )
+        )
+        return out
+
+
+def _param_cdata(model: nn.Module) -> set[int]:
+    keys = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        keys.add(t.untyped_storage()._cdata)
+    return keys
+
+
+def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Trace, Any]:
+    """Run ``model(*inputs)`` once under the tracer.
+
+    Args:
+        model: any module, already in the mode it should run in (eval).
+        inputs: example input tensors.
+    Returns:
+        The trace and the model's output.
+    Raises:
+        UserError: the forward pass failed; the message names the module and op.
+    """
+    trace = Trace()
+    names = {m: n for n, m in model.named_modules()}
+    trace.module_types = {n: type(m).__name__ for m, n in names.items()}
+    tracer = _Tracer(trace, _param_cdata(model))
+    open_spans: list[tuple[str, int]] = []
+
+    def pre(mod, _args):
+        name = names.get(mod, "?")
+        tracer.module_stack.append(name)
+        open_spans.append((name, len(trace.ops)))
+
+    def post(mod, _args, _out):
+        name, first = open_spans.pop()
+        tracer.module_stack.pop()
+        trace.module_spans.append((name, first, len(trace.ops) - 1))
+
+    handles = []
+    for mod in names:
+        if mod is not model:
+            handles.append(mod.register_forward_pre_hook(pre))
+            handles.append(mod.register_forward_hook(post))
+    try:
+        with torch.no_grad(), tracer:
+            for t in inputs:
+                tracer.register_input(t)
+            try:
+                out = model(*inputs)
+            except Exception as err:
+                where = tracer.module_stack[-1] or "<root>"
+                last = trace.ops[-1].name if trace.ops else "<none>"
+                raise _explain_failure(model, names, where, inputs, err, last) from err
+            tracer._reap(len(trace.ops))
+            flat_out, _ = tree_flatten(out)
+            trace.output_vids = [tracer.vids[t] for t in flat_out if _is_tensor(t) and t in tracer.vids]
+    finally:
+        for h in handles:
+            h.remove()
+    return trace, out
+
+
+def _explain_failure(model, names, where, inputs, err, last_op) -> UserError:
+    """Turn a failed forward into one actionable line."""
+    mod = dict(model.named_modules()).get(where) if where != "<root>" else model
+    if isinstance(mod, nn.modules.conv._ConvNd) and inputs and inputs[0].dim() >= 2:
+        expected = mod.in_channels
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+        if mod is first_conv and inputs[0].shape[1] != expected:
+            shape = list(inputs[0].shape)
+            fixed = "x".join(str(s) for s in [shape[0], expected, *shape[2:]])
+            return UserError(
+                f"the input has {shape[1]} channels but the model's first conv '{where}' expects "
+                f"{expected}; use an input like {fixed}"
+            )
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"cannot analyse the model: module '{where}' failed after op {last_op}: "
+        f"{type(err).__name__}: {msg}"
+    )

@@ -1,0 +1,259 @@
+"""Model registry: families with stride slots, spec parsing and the ``create_model`` factory.
+
+A *spec* names a family and its stride slots. Accepted forms (all build the same model):
+
+- ``resnet18``: the family with its default strides;
+- ``resnext18-4-11221``: the authors' naming, ``<family>-<stem stride>-<one digit per later slot>``;
+- ``resnet18:strides=8,1,1,2,2,1`` (command line; more ``:key=value`` options may follow);
+- ``{"name": "resnet18", "strides": [8, 1, 1, 2, 2, 1], "num_classes": 10}`` (YAML / dict).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from redistill.errors import UserError, did_you_mean
+from redistill.models.info import Built, ModelInfo
+
+SPEC_FORMS = "'family', 'family-<stem>-<digits>' (e.g. resnext18-4-11221) or 'family:strides=8,1,1,2,2,1'"
+# Options every family accepts, besides its own.
+COMMON_OPTIONS = {"num_classes": 1000, "in_channels": 3}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One registered model family.
+
+    Attributes:
+        name: registry name (``resnet18``).
+        builder: ``builder(strides=[...], num_classes=..., in_channels=..., **options) -> nn.Module``.
+        slots: stride-slot module names, stem first.
+        default_strides: one stride per slot.
+        drop_order: slots that ``derive_student`` sets from 2 to 1 first (the authors' choice).
+        options: the family's own options and their defaults (besides num_classes/in_channels).
+        description: one line for ``redistill models``.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    slots: tuple[str, ...]
+    default_strides: tuple[int, ...]
+    drop_order: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def all_options(self) -> dict[str, Any]:
+        """Defaults of every option this family accepts (common ones included)."""
+        return {**COMMON_OPTIONS, **self.options}
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    slots: list[str] | tuple[str, ...],
+    default_strides: list[int] | tuple[int, ...],
+    drop_order: list[str] | tuple[str, ...],
+    options: Mapping[str, Any] | None = None,
+    description: str = "",
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a family builder under ``name``.
+
+    Args:
+        name: family name; must be new (duplicates raise ``ValueError``).
+        slots: stride-slot module names, stem first.
+        default_strides: one default stride per slot.
+        drop_order: later slots ``derive_student`` sets to stride 1 first.
+        options: the family's own options with their defaults.
+        description: one line shown by ``redistill models``.
+    Returns:
+        The decorator (it returns the builder unchanged).
+    """
+    if len(slots) != len(default_strides):
+        raise ValueError(f"{name}: {len(slots)} slots but {len(default_strides)} default strides")
+    if not set(drop_order) <= set(slots[1:]):
+        raise ValueError(f"{name}: drop_order names slots that are not later slots: {drop_order}")
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _FAMILIES:
+            raise ValueError(f"model family '{name}' is already registered")
+        _FAMILIES[name] = Family(
+            name, builder, tuple(slots), tuple(default_strides), tuple(drop_order),
+            dict(options or {}), description,
+        )
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Registered family names, sorted."""
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    """The registered family ``name``.
+
+    Raises:
+        UserError: unknown family, with the closest names and the accepted spec forms.
+    """
+    if name not in _FAMILIES:
+        raise UserError(
+            f"unknown model family '{name}'{did_you_mean(name, _FAMILIES)}; "
+            f"give {SPEC_FORMS}; `redistill models` lists the families"
+        )
+    return _FAMILIES[name]
+
+
+_AUTHORS = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)-(?P<stem>\d+)-(?P<digits>\d+)$")
+
+
+def _family_name(text: str) -> str:
+    """The family part of a string spec (before '-<stem>-' or ':')."""
+    head = text.split(":", 1)[0]
+    match = _AUTHORS.match(head)
+    return match.group("name") if match else head
+
+
+def is_model_spec(text: Any) -> bool:
+    """Whether ``text`` names a family of this registry (cheap; never raises).
+
+    A known family with malformed strides still counts, so that building it gives
+    the precise error (slot names, lengths) rather than 'unknown model'.
+    """
+    try:
+        return isinstance(text, str) and _family_name(text.strip()) in _FAMILIES
+    except Exception:  # contract: never raise, whatever the input
+        return False
+
+
+def _parse_value(text: str) -> Any:
+    if "," in text:
+        return [_parse_value(t) for t in text.split(",") if t != ""]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Normalise a spec into ``{"name": ..., "strides": [...] | None, **options}``.
+
+    Args:
+        spec: any accepted form (see module docstring).
+    Returns:
+        A new dict; ``strides`` is None when the spec does not give them.
+    Raises:
+        UserError: malformed spec or unknown family.
+    """
+    if isinstance(spec, Mapping):
+        out = dict(spec)
+        if "name" not in out:
+            raise UserError(f"model spec {dict(spec)} has no 'name'; give {SPEC_FORMS} as 'name'")
+        inner = parse_spec(str(out.pop("name")))
+        inner.update({k: v for k, v in out.items() if v is not None or k != "strides"})
+        return inner
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"model spec must be a non-empty string or mapping, not {spec!r}; give {SPEC_FORMS}")
+    head, *items = spec.strip().split(":")
+    out: dict[str, Any] = {"strides": None}
+    match = _AUTHORS.match(head)
+    if match:
+        out["name"] = match.group("name")
+        out["strides"] = [int(match.group("stem"))] + [int(d) for d in match.group("digits")]
+    elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", head):
+        out["name"] = head
+    else:
+        close = did_you_mean(_family_name(head), _FAMILIES)
+        raise UserError(f"malformed model spec '{spec}'{close}; give {SPEC_FORMS}")
+    get_family(out["name"])
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(
+                f"malformed option '{item}' in model spec '{spec}'; give key=value, e.g. strides=8,1,1,2,2,1"
+            )
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def spec_string(spec: dict[str, Any]) -> str:
+    """Command-line form of a project spec: ``resnet18:strides=8,1,1,2,2,1``."""
+    return f"{spec['name']}:strides={','.join(str(s) for s in spec['strides'])}"
+
+
+def check_strides(family: Family, strides: Any) -> list[int]:
+    """Validate a stride list for ``family``.
+
+    Raises:
+        UserError: wrong length (naming the slots), a stem that is not a power of two,
+            or a later slot other than 1 or 2.
+    """
+    if isinstance(strides, int):
+        strides = [strides]
+    try:
+        strides = [int(s) for s in strides]
+    except (TypeError, ValueError):
+        raise UserError(f"{family.name}: strides must be integers, got {strides!r}") from None
+    if len(strides) != len(family.slots):
+        raise UserError(
+            f"{family.name} has {len(family.slots)} stride slots ({', '.join(family.slots)}) "
+            f"but {len(strides)} strides were given: {strides}"
+        )
+    stem = strides[0]
+    if stem < 1 or stem & (stem - 1):
+        raise UserError(f"{family.name}: stem stride ({family.slots[0]}) must be a power of two, got {stem}")
+    for slot, s in zip(family.slots[1:], strides[1:]):
+        if s not in (1, 2):
+            raise UserError(f"{family.name}: slot {slot} takes stride 1 or 2 (only the stem takes 4/8), got {s}")
+    return strides
+
+
+def build_family(spec: str | Mapping[str, Any], **kwargs: Any) -> Built:
+    """Build a model of this project's registry, with its record.
+
+    Args:
+        spec: a spec in any accepted form (see module docstring).
+        **kwargs: options overriding the spec's (``num_classes``, ``in_channels``,
+            ``strides``, family options such as ``width`` or ``dropout``).
+    Returns:
+        ``(module, info)``; ``info.spec`` rebuilds the architecture with every option spelled out.
+    Raises:
+        UserError: unknown family, malformed spec, bad strides or unknown options.
+    """
+    parsed = parse_spec(spec)
+    parsed.update(kwargs)
+    family = get_family(parsed.pop("name"))
+    strides = parsed.pop("strides", None)
+    strides = check_strides(family, family.default_strides if strides is None else strides)
+    accepted = family.all_options()
+    unknown = [k for k in parsed if k not in accepted]
+    if unknown:
+        raise UserError(
+            f"{family.name} has no option '{unknown[0]}'{did_you_mean(unknown[0], accepted)}; "
+            f"its options are strides, {', '.join(accepted)}"
+        )
+    options = {**accepted, **parsed}
+    model = family.builder(strides=strides, **options)
+    info = ModelInfo(
+        source="redistill", name=family.name, spec={"name": family.name, "strides": list(strides), **options},
+        slots=family.slots, strides=tuple(strides), drop_order=family.drop_order,
+        num_classes=options["num_classes"], in_channels=options["in_channels"],
+    )
+    return Built(model, info)
+
+
+def create_model(spec: str | Mapping[str, Any], **kwargs: Any) -> nn.Module:
+    """Build a model of this project's registry (the module only; :func:`build_family` adds its record)."""
+    return build_family(spec, **kwargs).module

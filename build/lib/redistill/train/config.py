@@ -1,0 +1,341 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted ``key=value`` overrides.
+
+A config has six sections; every field has a default, so a YAML file only names what differs.
+``configs/example.yaml`` documents each field with a comment.
+
+- ``model``: ``student`` (the network this run trains: a teacher run names the teacher here),
+  ``teacher`` and ``teacher_checkpoint`` (needed only with distillation), ``num_classes`` /
+  ``in_channels`` (default: the dataset's), ``options`` (extra builder arguments, e.g. dropout).
+- ``data``: ``name`` (fashion_mnist | cifar10 | stl10 | imagefolder | synthetic), ``root``, ``image_size``,
+  ``canvas`` (a translated variant: each image at a fixed random place on a blank square of this side),
+  ``subset`` (number of training images), ``val_fraction`` / ``val_subset`` / ``test_subset``,
+  ``split_seed``, ``batch_size``, ``eval_batch_size``, ``workers``, ``preload`` (hold the data on
+  the training device and augment whole batches there), ``augment`` (crop, flip, RandAugment,
+  CutMix / MixUp), ``synthetic`` (sizes of the synthetic data set).
+- ``optim``: ``name`` (sgd | adam | adamw), ``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
+  ``betas``, ``label_smoothing``, ``grad_clip``.
+- ``schedule``: ``name`` (cosine | multistep | constant), ``warmup_epochs`` (linear warm-up),
+  ``milestones`` and ``gamma`` (multistep), ``min_lr`` (cosine floor).
+- ``distill``: ``method`` (a registered method name or null for plain training), ``options``,
+  ``pairs`` (a list of pair dicts, ``auto`` or null), ``task_weight`` (CE weight; null = method's).
+- ``run``: ``epochs``, ``seed``, ``deterministic``, ``device`` (auto | cpu | cuda | cuda:N), ``amp`` and
+  ``channels_last`` (both used on CUDA only), ``log_every``, ``progress``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from redistill.errors import UserError, did_you_mean
+
+
+@dataclass
+class ModelConfig:
+    student: Union[str, dict, None] = None
+    teacher: Union[str, dict, None] = None
+    teacher_checkpoint: Union[str, None] = None
+    num_classes: Union[int, None] = None
+    in_channels: Union[int, None] = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    crop: str = "pad"  # pad | resized | none
+    padding: int = 4
+    flip: bool = True
+    randaugment_ops: int = 0  # 0 = off; the ImageNet recipe uses 2 ops of magnitude 10
+    randaugment_magnitude: int = 9
+    cutmix_alpha: float = 0.0  # 0 = off
+    mixup_alpha: float = 0.0
+
+
+@dataclass
+class SyntheticConfig:
+    train_size: int = 256
+    test_size: int = 64
+    num_classes: int = 4
+    channels: int = 1
+    image_size: int = 16
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: Union[str, None] = None
+    image_size: Union[int, None] = None
+    canvas: Union[int, None] = None
+    subset: Union[int, None] = None
+    val_fraction: float = 0.1
+    val_subset: Union[int, None] = None
+    test_subset: Union[int, None] = None
+    split_seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: Union[int, None] = None
+    workers: int = 2
+    preload: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    label_smoothing: float = 0.0
+    grad_clip: Union[float, None] = None
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass
+class DistillConfig:
+    method: Union[str, None] = None
+    options: dict = field(default_factory=dict)
+    pairs: Union[list, str, None] = None
+    task_weight: Union[float, None] = None
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    log_every: int = 50
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        """The config as plain YAML-able data."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_CHOICES = {
+    "data.name": ("fashion_mnist", "cifar10", "stl10", "imagefolder", "synthetic"),
+    "data.augment.crop": ("pad", "resized", "none"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "schedule.name": ("cosine", "multistep", "constant"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widened to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except UserError:
+                continue
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key)
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp) or (Any,)
+            return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif tp is Any:
+        return value
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    shown = f"{type(value).__name__} {value!r}" if value is not None else "null"
+    raise UserError(f"config key '{key}' expects {_type_name(tp)}, got {shown}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in names:
+            full = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise UserError(f"unknown config key '{key}'{did_you_mean(key, full)}")
+        kwargs[name] = _convert(value, hints[name], key)
+        if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
+            raise UserError(
+                f"config key '{key}' must be one of {', '.join(_CHOICES[key])}, got '{kwargs[name]}'"
+                f"{did_you_mean(str(kwargs[name]), _CHOICES[key])}"
+            )
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, override: str) -> None:
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"override '{override}' is not key=value (e.g. optim.lr=0.05)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise UserError(f"override '{override}': value is not valid YAML ({err.problem})") from err
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            section = ".".join(parts[: i + 1])
+            raise UserError(f"override '{override}': '{section}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# Keys that change how a run executes or is shown, not what it computes: a run may be resumed
+# ("can I continue it?") or reused ("is it already done?") when only these differ.
+EXECUTION_KEYS = frozenset({"run.device", "run.progress", "run.log_every", "data.workers", "data.eval_batch_size"})
+
+
+def flatten_config(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; free-form ``options`` mappings stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "options":
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(wanted: dict, found: dict) -> list[str]:
+    """Keys whose values differ between two config dicts, execution-only keys ignored.
+
+    The one test behind both "can this run be resumed?" (trainer) and "can this finished run
+    be reused?" (demo, benchmarks), so the two never answer differently.
+
+    Args:
+        wanted: the resolved config about to be trained.
+        found: the resolved config stored in an existing run directory.
+    Returns:
+        ``"key: found -> wanted"`` strings, sorted by key; empty when the two agree.
+    """
+    a, b = flatten_config(wanted), flatten_config(found)
+    return [
+        f"{key}: {b.get(key)!r} -> {a.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if key not in EXECUTION_KEYS and a.get(key) != b.get(key)
+    ]
+
+
+def _defaults_dict() -> dict:
+    return Config().to_dict()
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Fill ``extra`` into ``base`` for sections only (so unknown keys still reach validation)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "options":
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(source: Union[str, Path, dict, Config], overrides: list[str] = []) -> Config:  # noqa: B006
+    """Load a run config from a YAML file or a dict and apply dotted overrides.
+
+    Args:
+        source: path to a YAML file, a mapping with the config sections, or a Config.
+        overrides: ``key=value`` strings (``optim.lr=0.05``, ``distill.method=null``); values are
+            parsed as YAML, so numbers, ``null`` and ``[1, 2]`` lists work.
+    Returns:
+        The validated :class:`Config`.
+    Raises:
+        UserError: missing file, bad YAML, unknown key (with the closest names), wrong type (with the
+            expected type) or a value outside the allowed choices.
+    """
+    if isinstance(source, Config):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = yaml.safe_load(yaml.safe_dump(source))  # a deep copy that also rejects non-YAML values
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UserError(f"config {path} is not valid YAML: {err}") from err
+        data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"config must be a mapping of sections, got {type(data).__name__}")
+    for override in overrides:
+        _set_dotted(data, override)
+    cfg = _build(Config, _merge(_defaults_dict(), data), "")
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    if cfg.model.student is None:
+        raise UserError("config key 'model.student' is required: the network this run trains")
+    if cfg.distill.method is not None and cfg.model.teacher is None and cfg.model.teacher_checkpoint is None:
+        raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher and model.teacher_checkpoint")
+    if isinstance(cfg.distill.pairs, str) and cfg.distill.pairs != "auto":
+        raise UserError(f"config key 'distill.pairs' must be a list of pairs, 'auto' or null, got '{cfg.distill.pairs}'")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise UserError(f"config key 'data.val_fraction' must be in [0, 1), got {cfg.data.val_fraction}")
+    for key in ("run.epochs", "data.batch_size", "run.log_every"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise UserError(f"config key '{key}' must be >= 1")
+    if cfg.schedule.name == "multistep" and not cfg.schedule.milestones:
+        raise UserError("schedule.name multistep needs schedule.milestones (epochs), e.g. [30, 60]")
