@@ -164,9 +164,15 @@ def test_run_stage_restarts_a_run_that_never_checkpointed(tmp_path):
 
     cdir = _write_configs(tmp_path)
     cfg = load_config(cdir / "student_vanilla.yaml")
+    from redistill.train.rundir import MARKER
+
     run_dir = tmp_path / "vanilla"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"data": {"root": "/nonexistent"}}))
+    # A file named config.yaml does not make a run directory: only the project's marker does.
+    with pytest.raises(UserError, match="not a redistill run directory"):
+        run_stage("vanilla", cfg, run_dir)
+    (run_dir / MARKER).write_text("{}\n")  # what a failed run of this project leaves
     summary, status = run_stage("vanilla", cfg, run_dir)
     assert status == "trained" and (run_dir / "last.pt").is_file()
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["name"] == "synthetic"

@@ -76,7 +76,7 @@ def test_existing_run_dir_is_never_overwritten_silently(teacher_run, tmp_path):
 _LOCKER = """
 import sys, time
 from pathlib import Path
-from redistill.train.trainer import run_dir_lock
+from redistill.train.rundir import run_dir_lock
 with run_dir_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)

@@ -31,10 +31,14 @@ def save_checkpoint(path: Union[str, Path], state: dict) -> None:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    with open(tmp, "rb") as f:  # the data must be on disk before the rename makes it visible
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+        with open(tmp, "rb") as f:  # the data must be on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves the old file and no debris
+        raise
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict:

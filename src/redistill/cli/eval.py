@@ -24,7 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_path(args.path, args.split, args.data_root, args.device, args.batch_size)
+    result = evaluate_path(args.path, args.split, args.data_root, args.device, args.batch_size,
+                           trust_code=getattr(args, "trust_code", False))
     print(f"{args.path}: {result['split']} accuracy {result['acc']:.2f}% on {result['count']} images "
           f"(cross-entropy {result['loss']:.4f})")
     return 0

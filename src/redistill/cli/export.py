@@ -23,6 +23,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = export_run(args.run_dir, args.out, args.checkpoint)
+    out = export_run(args.run_dir, args.out, args.checkpoint, trust_code=getattr(args, "trust_code", False))
     print(f"exported {args.run_dir} ({args.checkpoint} checkpoint) to {out}")
     return 0

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    parser.add_argument("--overwrite", action="store_true", help="empty an existing run directory first (only one this project marked as a run)")
     parser.set_defaults(func=run)
     return parser
 
@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    summary = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    summary = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                           trust_code=getattr(args, "trust_code", False))
     if summary:  # only the main process of a torchrun job gets the summary printed
         if int(os.environ.get("RANK", "0")) == 0:
             print(format_summary(summary))

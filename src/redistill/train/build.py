@@ -53,7 +53,7 @@ def checkpoint_file(path: Union[str, Path]) -> Path:
     return path
 
 
-def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
+def load_teacher(cfg: Config, info: DataInfo, trust_code: bool = False) -> Optional[nn.Module]:
     """The frozen teacher a distillation run needs, with its trained weights, or None.
 
     ``model.teacher_checkpoint`` may be a checkpoint file, a run directory (its best checkpoint)
@@ -77,7 +77,7 @@ def load_teacher(cfg: Config, info: DataInfo) -> Optional[nn.Module]:
     spec, mcfg, trusted = cfg.model.teacher, cfg.model, True
     trained_by = (state.get("config") or {}).get("model") or {}
     if trained_by:
-        trusted = spec is not None  # a spec the user wrote, not one read from the checkpoint
+        trusted = spec is not None or trust_code  # a spec the user wrote, not one read from the checkpoint
         spec = spec if spec is not None else trained_by.get("student")
         mcfg = ModelConfig(
             num_classes=trained_by.get("num_classes"),

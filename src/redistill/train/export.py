@@ -48,19 +48,22 @@ def load_run_model(
     return model, cfg, info, model_info
 
 
-def export_run(run_dir: Union[str, Path], out: Union[str, Path, None] = None, checkpoint: str = "best") -> Path:
+def export_run(
+    run_dir: Union[str, Path], out: Union[str, Path, None] = None, checkpoint: str = "best", trust_code: bool = False
+) -> Path:
     """Write the deployed student of a run as ``model.safetensors`` + ``spec.yaml``.
 
     Args:
         run_dir: the run directory.
         out: export directory (default ``<run_dir>/export``); must not exist or be empty.
         checkpoint: "best" or "last".
+        trust_code: whether the run's model spec may name user code (``file.py:factory``).
     Returns:
         The export directory.
     Raises:
         UserError: the run's model has no rebuildable spec (a user factory), or ``out`` is taken.
     """
-    model, cfg, info, model_info = load_run_model(run_dir, checkpoint)
+    model, cfg, info, model_info = load_run_model(run_dir, checkpoint, trust_code=trust_code)
     if model_info.spec is None:
         raise UserError(f"{run_dir} trains a user factory ({model_info.name}); exports hold only rebuildable specs")
     spec = ExportSpec(
@@ -78,7 +81,7 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path, None] = None, ch
 
 def evaluate_path(
     path: Union[str, Path], split: str = "test", data_root: Optional[str] = None, device: str = "auto",
-    batch_size: Optional[int] = None,
+    batch_size: Optional[int] = None, trust_code: bool = False,
 ) -> dict:
     """Top-1 accuracy of a run's deployed student (best checkpoint) or of an export.
 
@@ -88,6 +91,7 @@ def evaluate_path(
         data_root: override of the recorded ``data.root``.
         device: "auto", "cpu", "cuda" or "cuda:N".
         batch_size: evaluation batch size (default: the run's).
+        trust_code: whether a run's model spec may name user code (``file.py:factory``).
     Returns:
         ``{"acc": percent, "loss": mean cross-entropy, "count": images, "split": split}``.
     """
@@ -98,7 +102,7 @@ def evaluate_path(
         raise UserError(f"no such run or export directory: {path}")
     dev = pick_device(device, what="--device")
     if (path / "config.yaml").is_file():
-        model, cfg, _, _ = load_run_model(path)
+        model, cfg, _, _ = load_run_model(path, trust_code=trust_code)
         data = cfg.data
     elif is_export(path):
         model = load_export(path).module

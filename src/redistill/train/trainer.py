@@ -1,11 +1,8 @@
 """The training loop: one function, ``run_training(cfg, run_dir)``, for teachers, vanilla and
 distilled students alike.
 
-A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per
-epoch with every loss term by name), ``tb/`` (TensorBoard events), ``last.pt`` and ``best.pt``
-(best validation accuracy) and, at the end, ``summary.json``. While a process trains into it, it
-also holds an exclusive lock on the directory's ``.lock`` file, so a second process started on the
-same directory stops with a message instead of writing over the first one's files.
+What a run directory holds, and the order its files are written in so that a kill at any point
+leaves a directory that resumes exactly, is :mod:`redistill.train.rundir`.
 """
 
 from __future__ import annotations
@@ -16,18 +13,16 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 import warnings
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 from tqdm import tqdm
 
 from redistill.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
@@ -37,75 +32,17 @@ from redistill.flops import count_flops, count_params
 from redistill.memory import analyze_memory
 from redistill.train import distributed as dd
 from redistill.train.build import build_distiller, load_teacher, pairs_to_data
-from redistill.train.config import Config, config_differences, load_config
+from redistill.train.config import Config, load_config
 from redistill.train.data import DataInfo, batch_mixer, build_datasets, eval_loader, set_epoch, train_loader
 from redistill.train.optim import build_optimizer, build_scheduler
 from redistill.train.preload import preloaded_loaders
+from redistill.train.rundir import prepare_run_dir, run_dir_lock, write_atomic, write_metrics, writing
 from redistill.train.stages import run_pre_stages
 from redistill.train.task import ClassificationTask
 from redistill.util import pick_device
 
 class _Divergence(Exception):
     pass
-
-
-LOCK_FILE = ".lock"
-
-
-@contextmanager
-def run_dir_lock(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir`` (creating it) for as long as the block runs.
-
-    The lock is an ``flock`` on ``run_dir/.lock``: the kernel releases it when the process ends,
-    however it ends, so a killed run never leaves a stale lock behind. Where ``fcntl`` does not
-    exist (not POSIX) no lock is taken.
-
-    Raises:
-        UserError: another process holds the lock (it is training into this directory).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"run directory {run_dir} is in use by another training process; wait for it to end "
-                "(or stop it) or train into another directory"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
-    entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
-    used = bool(entries)
-    if used and not (resume or overwrite):
-        raise UserError(f"run directory {run_dir} already exists: pass --resume to continue it or --overwrite to start over")
-    if used and overwrite:
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"{run_dir} is not a redistill run directory (no config.yaml); refusing to delete it")
-        for entry in entries:  # the lock file stays: this process holds it
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    if used and resume and (run_dir / "config.yaml").is_file():
-        old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        changed = [d.split(":", 1)[0] for d in config_differences(cfg.to_dict(), old)]
-        if changed:
-            raise UserError(
-                f"cannot resume {run_dir}: the config differs in {', '.join(changed[:5])}; "
-                "use the run's config.yaml or --overwrite"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
 
 def _seed_everything(seed: int) -> None:
@@ -119,20 +56,10 @@ def progress_to_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def _write_metrics(path: Path, record: dict, keep_up_to: Optional[int] = None) -> None:
-    if keep_up_to is not None:  # a resumed run drops lines of epochs it is about to redo
-        lines = path.read_text().splitlines() if path.is_file() else []
-        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= keep_up_to]
-        path.write_text("".join(line + "\n" for line in kept))
-        return
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 class _Loop:
     """State of one training run; ``run_training`` drives it."""
 
-    def __init__(self, cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device):
+    def __init__(self, cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, trust_code: bool = False):
         self.cfg, self.run_dir, self.env, self.device = cfg, run_dir, env, device
         self.use_cuda = device.type == "cuda"
         self.amp = cfg.run.amp and self.use_cuda
@@ -156,7 +83,7 @@ class _Loop:
             )
         self.task = ClassificationTask(cfg.optim.label_smoothing, batch_mixer(cfg.data.augment, self.info.num_classes))
 
-        teacher = load_teacher(cfg, self.info)
+        teacher = load_teacher(cfg, self.info, trust_code=trust_code)
         self.distiller, self.student_info = build_distiller(cfg, self.info, self.task, teacher)
         self.distiller.to(device)
         if self.channels_last:
@@ -202,6 +129,9 @@ class _Loop:
         missing = [k for k in ("epoch", "model", "optimizer", "scheduler", "scaler", "rng") if k not in state]
         if missing:
             raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot be resumed")
+        recorded, built = state.get("arch"), self.student_info.spec
+        if recorded is not None and built is not None and recorded != built:
+            raise UserError(f"checkpoint {path} holds another architecture ({recorded}) than this run's ({built})")
         load_weights(self.distiller.student, state["model"], path, what="model")
         if self.distiller.method is not None:
             load_weights(self.distiller.method, state["method"], path, what="method")
@@ -311,7 +241,8 @@ def model_figures(model: nn.Module, shape: tuple) -> dict[str, Any]:
 
 
 def run_training(
-    cfg: Union[Config, dict, str, Path], run_dir: Union[str, Path], resume: bool = False, overwrite: bool = False
+    cfg: Union[Config, dict, str, Path], run_dir: Union[str, Path], resume: bool = False, overwrite: bool = False,
+    trust_code: bool = False,
 ) -> dict:
     """Train the model a config describes and write the run directory.
 
@@ -319,7 +250,8 @@ def run_training(
         cfg: a :class:`Config` (or anything :func:`load_config` accepts).
         run_dir: where config, metrics, checkpoints and the summary go.
         resume: continue from ``run_dir/last.pt`` (exactly: same weights as an uninterrupted run).
-        overwrite: delete an existing run directory first.
+        overwrite: empty an existing run directory first (only one this project marked as a run).
+        trust_code: let a teacher spec read from its checkpoint import user code.
     Returns:
         The content of ``summary.json``: ``val_acc`` (best, percent), ``test_acc`` (of the best
         checkpoint), ``peak_bytes_live`` / ``peak_bytes_layer`` (deployed model, per image, fp32),
@@ -342,7 +274,7 @@ def run_training(
         if env.is_main:
             try:
                 held.enter_context(run_dir_lock(run_dir))
-                _prepare_run_dir(run_dir, cfg, resume, overwrite)
+                prepare_run_dir(run_dir, cfg, resume, overwrite)
             except UserError as err:
                 error = str(err)
         error = dd.broadcast_object(env, error)
@@ -360,7 +292,7 @@ def run_training(
         torch.backends.cudnn.benchmark = not cfg.run.deterministic
         _seed_everything(cfg.run.seed)
         device = pick_device(cfg.run.device, env.local_rank if env.enabled else None)
-        return _train(cfg, run_dir, env, device, resume)
+        return _train(cfg, run_dir, env, device, resume, trust_code)
     finally:
         held.close()
         torch.use_deterministic_algorithms(old_deterministic)
@@ -368,8 +300,8 @@ def run_training(
         dd.close_distributed(env)
 
 
-def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, resume: bool) -> dict:
-    loop = _Loop(cfg, run_dir, env, device)
+def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, resume: bool, trust_code: bool) -> dict:
+    loop = _Loop(cfg, run_dir, env, device, trust_code)
     last, best = run_dir / "last.pt", run_dir / "best.pt"
     resumed = resume and last.is_file()
     if resumed:
@@ -377,10 +309,11 @@ def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, re
     metrics = run_dir / "metrics.jsonl"
     writer = None
     if env.is_main:
-        _write_metrics(metrics, {}, keep_up_to=loop.epoch)
+        with writing(metrics, last):
+            write_metrics(metrics, keep_up_to=loop.epoch)
     if not resumed:
         try:
-            run_pre_stages(loop, lambda record: _write_metrics(metrics, record) if env.is_main else None)
+            run_pre_stages(loop, lambda record: write_metrics(metrics, record) if env.is_main else None)
         except FloatingPointError as err:
             raise UserError(f"training diverged: {err}; lower optim.lr") from err
     if env.is_main:
@@ -410,14 +343,16 @@ def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, re
                 loop.best_epoch = loop.epoch
             loop.elapsed = time.perf_counter() - started
             if env.is_main:
-                _write_metrics(metrics, record)
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "epoch":
-                        writer.add_scalar(key, value, loop.epoch * loop.steps_per_epoch)
-                state = loop.state()
-                save_checkpoint(last, state)
-                if improved:
-                    save_checkpoint(best, state)
+                with writing(run_dir, last):
+                    write_metrics(metrics, record)
+                    for key, value in record.items():
+                        if isinstance(value, (int, float)) and key != "epoch":
+                            writer.add_scalar(key, value, loop.epoch * loop.steps_per_epoch)
+                    state = loop.state()
+                    # best before last: whatever last.pt records (best_epoch) is then on disk.
+                    if improved:
+                        save_checkpoint(best, state)
+                    save_checkpoint(last, state)
                 if cfg.run.progress:
                     shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float))
                     tqdm.write(f"epoch {loop.epoch}/{cfg.run.epochs}: {shown}")
@@ -460,9 +395,8 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
             "world_size": env.world_size,
             "device": str(device),
         }
-        tmp = run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        tmp.replace(run_dir / "summary.json")
+        with writing(run_dir / "summary.json", run_dir / "last.pt"):
+            write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return dd.broadcast_object(env, summary)
 
 
