@@ -68,6 +68,8 @@ def format_result(result: DeriveResult, teacher_name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     check_writable(args.out)
     check_writable(args.plot)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
     shape = parse_shape(args.input)
     teacher = resolve_model(args.model, in_channels=shape[1] if shape[1] != 3 else None,
                             num_classes=args.num_classes)
