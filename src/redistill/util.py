@@ -149,6 +149,25 @@ for _first in "-+0123456789.":  # first characters a YAML 1.2 float may start wi
         _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, (_FLOAT_TAG, _FLOAT_12))
 
 
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that resolves as :class:`_Loader` does, so it quotes a string such as
+    ``"1e-3"`` that the loader would otherwise read back as a float."""
+
+    yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+
+
+def dump_yaml(data: Any, **options: Any) -> str:
+    """``yaml.safe_dump`` whose output :func:`load_yaml` reads back as the same data.
+
+    Args:
+        data: plain YAML-able data.
+        **options: ``yaml.dump`` options (``sort_keys``, ``default_flow_style``, ...).
+    Raises:
+        yaml.YAMLError: a value YAML cannot represent.
+    """
+    return yaml.dump(data, Dumper=_Dumper, **options)
+
+
 def _expanded_size(node: yaml.Node, what: str) -> int:
     """Nodes ``node`` stands for once every alias is expanded, counted without expanding.
 

@@ -36,7 +36,7 @@ from typing import Any, Union
 import yaml
 
 from redistill.errors import UserError, did_you_mean
-from redistill.util import load_yaml, read_yaml
+from redistill.util import dump_yaml, load_yaml, read_yaml
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict(), sort_keys=False)
 
 
 _CHOICES = {
@@ -307,7 +307,7 @@ def load_config(source: Union[str, Path, dict, Config], overrides: list[str] = [
         data = source.to_dict()
     elif isinstance(source, dict):
         try:  # a deep copy that also rejects non-YAML values (and keeps shared values shared)
-            text = yaml.safe_dump(source)
+            text = dump_yaml(source)
         except yaml.YAMLError as err:
             raise UserError(f"config mapping holds a value YAML cannot write: {' '.join(str(err).split())}") from None
         data = load_yaml(text, "config mapping")
