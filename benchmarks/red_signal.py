@@ -67,8 +67,11 @@ def analyze_run(run_dir: Path, vanilla_dir: Path | None, images: int, data_root:
     vanilla = load_run_model(vanilla_dir)[0] if vanilla_dir is not None else None
     if data_root is not None:
         cfg.data.root = data_root
-    cfg.data.val_subset = images
+    cfg.data.val_subset = None
     splits = build_datasets(cfg.data)
+    if splits.val is not None and images < len(splits.val):  # --images is "at most"
+        cfg.data.val_subset = images
+        splits = build_datasets(cfg.data)
     if splits.val is None:
         raise UserError(f"--run {run_dir}: its config holds out no validation images (data.val_fraction is 0)")
     loader = eval_loader(splits.val, cfg.data)

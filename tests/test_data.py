@@ -274,3 +274,26 @@ def test_canvas_through_build_datasets_and_preload():
         build_datasets(data_cfg(name="synthetic", canvas=10))
     with pytest.raises(UserError, match="data.canvas works for"):
         build_datasets(data_cfg(name="imagefolder", root="/nonexistent", canvas=40))
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"subset": 81}, "'data.subset' is 81 but only 80 training images are available (100 minus 20 held out"),
+        ({"val_subset": 21}, "'data.val_subset' is 21 but the validation split has only 20 images"),
+        ({"val_fraction": 0.0, "val_subset": 1}, "has only 0 images"),
+        ({"test_subset": 21}, "'data.test_subset' is 21 but the test split has only 20 images"),
+    ],
+)
+def test_subset_larger_than_its_split_is_refused(data, words):
+    cfg = data_cfg(**{"name": "synthetic", "val_fraction": 0.2, "synthetic": {"train_size": 100, "test_size": 20}, **data})
+    with pytest.raises(UserError) as err:
+        build_datasets(cfg)
+    assert words in str(err.value)
+
+
+def test_subsets_equal_to_their_split_take_it_whole():
+    cfg = data_cfg(name="synthetic", val_fraction=0.2, subset=80, val_subset=20, test_subset=20,
+                   synthetic={"train_size": 100, "test_size": 20})
+    s = build_datasets(cfg)
+    assert (len(s.train), len(s.val), len(s.test)) == (80, 20, 20)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch.nn as nn
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -29,6 +28,7 @@ from redistill.distill import redo_surgery
 from redistill.errors import UserError
 from redistill.models import Built, ModelInfo
 from redistill.models.factory import build_spec
+from redistill.util import dump_yaml, read_yaml
 
 EXPORT_FORMAT = "redistill-export"
 VERSION = 2
@@ -86,10 +86,7 @@ def read_export_spec(path: Union[str, Path]) -> tuple[ExportSpec, Path]:
     spec_path = folder / SPEC
     if not spec_path.is_file():
         raise UserError(f"{path} is not an export directory (no {SPEC}); create one with `redistill export RUN_DIR`")
-    try:
-        data = yaml.safe_load(spec_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise UserError(f"{spec_path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    data = read_yaml(spec_path, "export spec")
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise UserError(f"{spec_path} is not a redistill export spec (format: {EXPORT_FORMAT} missing)")
     if data.get("version") != VERSION:
@@ -160,6 +157,6 @@ def write_export(out: Union[str, Path], model: nn.Module, spec: ExportSpec) -> P
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS), metadata={"format": EXPORT_FORMAT})
     tmp = out / f".{SPEC}.tmp"
-    tmp.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    tmp.write_text(dump_yaml(spec.to_dict(), sort_keys=False))
     tmp.replace(out / SPEC)  # the spec last: a directory with a spec is a complete export
     return out

@@ -17,13 +17,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import yaml
 
 from redistill import results as report
 from redistill.errors import UserError
 from redistill.memory import analyze_memory, plot_reports
 from redistill.train import load_config, load_run_model, run_training
 from redistill.train.config import config_differences
+from redistill.util import read_yaml
 
 # (run name, config file in the config directory, what the run is)
 STAGES = (
@@ -132,7 +132,7 @@ def run_stage(name: str, cfg, run_dir: Path, overwrite: bool = False) -> tuple[d
     stored = run_dir / "config.yaml"
     # Only a directory where something was trained (a checkpoint) is worth keeping.
     if not overwrite and stored.is_file() and (run_dir / "last.pt").is_file():
-        diffs = config_differences(cfg.to_dict(), yaml.safe_load(stored.read_text()) or {})
+        diffs = config_differences(cfg.to_dict(), read_yaml(stored, "stored run config") or {})
         if diffs:
             raise UserError(
                 f"{run_dir} holds a {name} run with other settings ({'; '.join(diffs[:3])}); "

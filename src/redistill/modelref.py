@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
-import yaml
 
 from redistill.artifact import is_export, load_export
 from redistill.errors import UserError, did_you_mean
 from redistill.models import Built, ModelInfo, build_family, create_torchvision, is_model_spec, list_models
 from redistill.models.factory import build_spec
+from redistill.util import read_yaml
 
 PREFIXES = ("redistill:", "torchvision:")
 _AUTHORS_FORM = re.compile(r"[A-Za-z_]\w*-\d+-\d+")
@@ -203,10 +203,7 @@ def resolve_model(
 
 def _spec_file(path: Path) -> dict[str, Any]:
     """The spec mapping a YAML file holds (never code: only families and torchvision specs build)."""
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
-        raise UserError(f"model spec file {path} is not readable YAML: {str(err).splitlines()[0]}") from None
+    spec = read_yaml(path, "model spec file")
     if not isinstance(spec, dict) or "name" not in spec:
         raise UserError(f"model spec file {path} must hold one spec mapping with a 'name' (as `redistill derive --out` writes)")
     return spec

@@ -1,4 +1,4 @@
-"""Small helpers every layer shares: shape and size parsing, byte formatting, device choice.
+"""Small helpers every layer shares: shape and size parsing, byte formatting, device choice, YAML.
 
 This module sits at the bottom of the package (beside :mod:`redistill.errors`): it imports
 nothing else of the package, so models, memory analysis, training and the CLI can all use it.
@@ -7,12 +7,20 @@ nothing else of the package, so models, memory analysis, training and the CLI ca
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from redistill.errors import UserError
 
 KIB = 1024
+# Bounds on what one YAML document may expand to. A config is a few hundred nodes; these leave
+# room for long pair lists while refusing "billion laughs" documents (aliases of aliases) before
+# anything is expanded.
+YAML_MAX_ALIASES = 1_000
+YAML_MAX_NODES = 100_000
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
@@ -99,3 +107,170 @@ def pick_device(name: str, local_rank: int | None = None, what: str = "run.devic
     if index >= torch.cuda.device_count():
         raise UserError(f"{what} is {name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
+
+
+# YAML 1.2 floats: PyYAML follows YAML 1.1, where a float needs a dot ("1e-3" and "1E+5" are
+# strings), which turns the usual way of writing a learning rate into a type error.
+_FLOAT_12 = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.VERBOSE,
+)
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 floats (the float resolver replaced, not added to) and
+    duplicate keys refused (PyYAML keeps the last one, so a repeated section silently drops the first)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, _FLOAT_12 if tag == _FLOAT_TAG else regexp) for tag, regexp in resolvers]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}'", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+for _first in "-+0123456789.":  # first characters a YAML 1.2 float may start with
+    if not any(tag == _FLOAT_TAG for tag, _ in _Loader.yaml_implicit_resolvers.get(_first, [])):
+        _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, (_FLOAT_TAG, _FLOAT_12))
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that resolves as :class:`_Loader` does, so it quotes a string such as
+    ``"1e-3"`` that the loader would otherwise read back as a float."""
+
+    yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+
+
+def dump_yaml(data: Any, **options: Any) -> str:
+    """``yaml.safe_dump`` whose output :func:`load_yaml` reads back as the same data.
+
+    Args:
+        data: plain YAML-able data.
+        **options: ``yaml.dump`` options (``sort_keys``, ``default_flow_style``, ...).
+    Raises:
+        yaml.YAMLError: a value YAML cannot represent.
+    """
+    return yaml.dump(data, Dumper=_Dumper, **options)
+
+
+def _expanded_size(node: yaml.Node, what: str) -> int:
+    """Nodes ``node`` stands for once every alias is expanded, counted without expanding.
+
+    Raises:
+        UserError: an alias that refers to a node containing it (a document with no end), or a
+            total over ``YAML_MAX_NODES``.
+    """
+    sizes: dict[int, int] = {}
+    aliases = 0
+
+    def size(n: yaml.Node, open_: set[int]) -> int:
+        nonlocal aliases
+        key = id(n)
+        if key in sizes:  # a node met again is an alias
+            aliases += 1
+            if aliases > YAML_MAX_ALIASES:
+                raise UserError(f"{what}: more than {YAML_MAX_ALIASES} YAML aliases; write the values out")
+            return sizes[key]
+        if key in open_:
+            raise UserError(f"{what}: a YAML alias refers to a node that contains it; the document has no end")
+        total = 1
+        if isinstance(n, (yaml.SequenceNode, yaml.MappingNode)):
+            open_.add(key)
+            children = n.value if isinstance(n, yaml.SequenceNode) else [c for kv in n.value for c in kv]
+            for child in children:
+                total += size(child, open_)
+                if total > YAML_MAX_NODES:
+                    raise UserError(
+                        f"{what}: YAML aliases expand to more than {YAML_MAX_NODES:,} values; write the values out"
+                    )
+            open_.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node, set())
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a PyYAML error (theirs span several lines, with a caret under the place)."""
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"character #x{err.character:04x} at offset {err.position} is not allowed ({err.reason})"
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        context = f"{err.context}, " if err.context else ""
+        return f"{context}{err.problem}{where}"
+    return " ".join(str(err).split())
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse one YAML document safely: plain data only, YAML 1.2 floats, bounded alias expansion.
+
+    The one loader for configs, overrides, spec files and run directories, so all of them take
+    ``1e-3`` as a float and none of them can be made to expand to gigabytes.
+
+    Args:
+        text: the document.
+        what: the file or override named in errors (``config runs/a/config.yaml``).
+    Returns:
+        The data (None for an empty document).
+    Raises:
+        UserError: invalid YAML, a tag for Python objects, too many aliases or values, or nesting
+            too deep to parse; one line naming ``what``.
+    """
+    loader = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, what)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise UserError(f"{what} is not valid YAML: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise UserError(f"{what} is nested too deeply to be a config") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """:func:`load_yaml` of a file, with a one-line error when it cannot be read or is not UTF-8.
+
+    Args:
+        path: the file.
+        what: what the file is, named in errors (``config``, ``model spec file``).
+    Raises:
+        UserError: missing or unreadable file, bytes that are not UTF-8, or :func:`load_yaml`'s errors.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory, not a YAML file") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    return load_yaml(text, f"{what} {path}")

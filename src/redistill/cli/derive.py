@@ -4,8 +4,7 @@ student (down-sampling moved to the stem), with its peak memory and FLOPs next t
 from __future__ import annotations
 
 import argparse
-
-import yaml
+from pathlib import Path
 
 from redistill.cli.memory import check_writable
 from redistill.errors import UserError
@@ -13,7 +12,7 @@ from redistill.memory import plot_reports
 from redistill.modelref import resolve_model
 from redistill.models import spec_string
 from redistill.plan import DeriveResult, derive_for
-from redistill.util import fmt_bytes, parse_bytes, parse_shape
+from redistill.util import dump_yaml, fmt_bytes, parse_bytes, parse_shape
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +67,8 @@ def format_result(result: DeriveResult, teacher_name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     check_writable(args.out)
     check_writable(args.plot)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
     shape = parse_shape(args.input)
     teacher = resolve_model(args.model, in_channels=shape[1] if shape[1] != 3 else None,
                             num_classes=args.num_classes)
@@ -84,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the teacher already meets the budget ({args.convention} peak "
               f"{fmt_bytes(result.teacher.peaks[args.convention])})")
     if args.out:
-        with open(args.out, "w") as f:
-            yaml.safe_dump(result.student_spec(), f, sort_keys=False, default_flow_style=None)
+        Path(args.out).write_text(dump_yaml(result.student_spec(), sort_keys=False, default_flow_style=None))
         print(f"wrote {args.out}")
     if args.plot:
         plot_reports([result.teacher.report, result.student.report], ["teacher", "student"], args.plot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from redistill.errors import UserError
 from redistill.train.export import evaluate_path
 
 
@@ -24,6 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size is not None and args.batch_size < 1:  # 0 would silently mean "the run's"
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate_path(args.path, args.split, args.data_root, args.device, args.batch_size,
                            trust_code=getattr(args, "trust_code", False))
     print(f"{args.path}: {result['split']} accuracy {result['acc']:.2f}% on {result['count']} images "

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.json)
     if args.batch_size is not None and args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.top is not None and args.top < 1:  # a negative N would slice off the last rows instead
+        raise UserError(f"--top must be >= 1, got {args.top}")
     shape = parse_shape(args.input) if args.input is not None else None
     notes: list[str] = []
     reports = memory_reports(

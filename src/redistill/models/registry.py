@@ -245,6 +245,10 @@ def build_family(spec: str | Mapping[str, Any], **kwargs: Any) -> Built:
             f"its options are strides, {', '.join(accepted)}"
         )
     options = {**accepted, **parsed}
+    for key in ("width", "num_classes", "in_channels"):  # sizes every family reads the same way
+        value = options.get(key)
+        if key in options and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise UserError(f"{family.name}: option {key} must be > 0, got {value!r}")
     model = family.builder(strides=strides, **options)
     info = ModelInfo(
         source="redistill", name=family.name, spec={"name": family.name, "strides": list(strides), **options},

@@ -30,6 +30,13 @@ def build_model(spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, trust
     Returns:
         ``(model in train mode, its info)``.
     """
+    for key, have, unit in (("num_classes", info.num_classes, "classes"), ("in_channels", info.in_channels, "channel")):
+        wanted = getattr(mcfg, key)
+        if wanted is not None and wanted != have:
+            raise UserError(
+                f"model.{key} is {wanted} but {info.name} has {have} {unit}{'s' if have != 1 else ''}; "
+                f"set model.{key}={have} or leave it out (it defaults to the data's)"
+            )
     built = resolve_model(
         spec,
         num_classes=mcfg.num_classes or info.num_classes,

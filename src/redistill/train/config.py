@@ -25,8 +25,10 @@ A config has six sections; every field has a default, so a YAML file only names 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -34,6 +36,7 @@ from typing import Any, Union
 import yaml
 
 from redistill.errors import UserError, did_you_mean
+from redistill.util import dump_yaml, load_yaml, read_yaml
 
 
 @dataclass
@@ -140,7 +143,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict(), sort_keys=False)
 
 
 _CHOICES = {
@@ -221,10 +224,7 @@ def _set_dotted(data: dict, override: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise UserError(f"override '{override}' is not key=value (e.g. optim.lr=0.05)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise UserError(f"override '{override}': value is not valid YAML ({err.problem})") from err
+    value = load_yaml(raw, f"override '{override}': the value") if raw.strip() else None
     node = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -299,21 +299,20 @@ def load_config(source: Union[str, Path, dict, Config], overrides: list[str] = [
     Returns:
         The validated :class:`Config`.
     Raises:
-        UserError: missing file, bad YAML, unknown key (with the closest names), wrong type (with the
-            expected type) or a value outside the allowed choices.
+        UserError: missing or unreadable file, bad YAML, unknown key (with the closest names), wrong
+            type (with the expected type), a value outside the allowed choices or out of range
+            (:data:`RANGES`).
     """
     if isinstance(source, Config):
         data = source.to_dict()
     elif isinstance(source, dict):
-        data = yaml.safe_load(yaml.safe_dump(source))  # a deep copy that also rejects non-YAML values
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
+        try:  # a deep copy that also rejects non-YAML values (and keeps shared values shared)
+            text = dump_yaml(source)
         except yaml.YAMLError as err:
-            raise UserError(f"config {path} is not valid YAML: {err}") from err
+            raise UserError(f"config mapping holds a value YAML cannot write: {' '.join(str(err).split())}") from None
+        data = load_yaml(text, "config mapping")
+    else:
+        data = read_yaml(source, "config file")
         data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"config must be a mapping of sections, got {type(data).__name__}")
@@ -324,18 +323,99 @@ def load_config(source: Union[str, Path, dict, Config], overrides: list[str] = [
     return cfg
 
 
+# ---------------------------------------------------------------- value ranges
+
+Check = tuple[Callable[[Any], bool], str]  # (is the value valid?, the valid range in words)
+
+
+def _above(low: float) -> Check:
+    return (lambda v: math.isfinite(v) and v > low), f"> {low:g}"
+
+
+def _at_least(low: float) -> Check:
+    return (lambda v: math.isfinite(v) and v >= low), f">= {low:g}"
+
+
+def _between(low: float, high: float, high_open: bool = True) -> Check:
+    if high_open:
+        return (lambda v: low <= v < high), f"in [{low:g}, {high:g})"
+    return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
+
+
+_POSITIVE_INCREASING: Check = (
+    lambda v: all(m > 0 for m in v) and all(a < b for a, b in zip(v, v[1:])),
+    "positive and increasing (epochs, e.g. [30, 60])",
+)
+_BETAS: Check = (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values, each in [0, 1)")
+
+# Every field with a range, checked at load time (after the types): a negative grad_clip would turn
+# training into gradient ascent, a negative subset would silently take all but the last images,
+# others reach torch as tracebacks. Null passes where the field may be null; the message says so.
+RANGES: dict[str, Check] = {
+    "model.num_classes": _at_least(1),
+    "model.in_channels": _at_least(1),
+    "data.image_size": _at_least(1),
+    "data.canvas": _at_least(1),
+    "data.subset": _at_least(1),
+    "data.val_fraction": _between(0, 1),
+    "data.val_subset": _at_least(1),
+    "data.test_subset": _at_least(1),
+    "data.split_seed": _at_least(0),
+    "data.batch_size": _at_least(1),
+    "data.eval_batch_size": _at_least(1),
+    "data.workers": _at_least(0),
+    "data.augment.padding": _at_least(0),
+    "data.augment.randaugment_ops": _at_least(0),
+    # torchvision's RandAugment has 31 magnitude bins (0..30); 31 fails inside a worker.
+    "data.augment.randaugment_magnitude": _between(0, 30, high_open=False),
+    "data.augment.cutmix_alpha": _at_least(0),
+    "data.augment.mixup_alpha": _at_least(0),
+    "data.synthetic.train_size": _at_least(1),
+    "data.synthetic.test_size": _at_least(1),
+    "data.synthetic.num_classes": _at_least(1),
+    "data.synthetic.channels": _at_least(1),
+    "data.synthetic.image_size": _at_least(1),
+    "optim.lr": _above(0),
+    "optim.momentum": _between(0, 1),
+    "optim.weight_decay": _at_least(0),
+    "optim.betas": _BETAS,
+    "optim.label_smoothing": _between(0, 1),
+    "optim.grad_clip": _above(0),
+    "schedule.warmup_epochs": _at_least(0),
+    "schedule.milestones": _POSITIVE_INCREASING,
+    "schedule.gamma": _above(0),
+    "schedule.min_lr": _at_least(0),
+    "distill.task_weight": _at_least(0),
+    "run.epochs": _at_least(1),
+    "run.seed": _at_least(0),
+    "run.log_every": _at_least(1),
+}
+
+
+def _field(cfg: Config, key: str) -> tuple[Any, bool]:
+    """The value at dotted ``key`` and whether the field may be null."""
+    *sections, name = key.split(".")
+    owner = cfg
+    for section in sections:
+        owner = getattr(owner, section)
+    hint = typing.get_type_hints(type(owner))[name]
+    return getattr(owner, name), type(None) in typing.get_args(hint)
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (ok, valid) in RANGES.items():
+        value, nullable = _field(cfg, key)
+        if value is not None and not ok(value):
+            raise UserError(f"config key '{key}' must be {valid}{' (or null)' if nullable else ''}, got {value}")
+
+
 def _check_values(cfg: Config) -> None:
     if cfg.model.student is None:
         raise UserError("config key 'model.student' is required: the network this run trains")
+    _check_ranges(cfg)
     if cfg.distill.method is not None and cfg.model.teacher is None and cfg.model.teacher_checkpoint is None:
         raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher and model.teacher_checkpoint")
     if isinstance(cfg.distill.pairs, str) and cfg.distill.pairs != "auto":
         raise UserError(f"config key 'distill.pairs' must be a list of pairs, 'auto' or null, got '{cfg.distill.pairs}'")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise UserError(f"config key 'data.val_fraction' must be in [0, 1), got {cfg.data.val_fraction}")
-    for key in ("run.epochs", "data.batch_size", "run.log_every"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise UserError(f"config key '{key}' must be >= 1")
     if cfg.schedule.name == "multistep" and not cfg.schedule.milestones:
         raise UserError("schedule.name multistep needs schedule.milestones (epochs), e.g. [30, 60]")

@@ -215,17 +215,33 @@ def _split_indices(n: int, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
     n_val = int(round(cfg.val_fraction * n))
     val, train = perm[:n_val], perm[n_val:]
+    # A subset larger than its split would quietly train (or score) on fewer images than asked for.
     if cfg.subset is not None:
-        if cfg.subset < 1:
-            raise UserError(f"data.subset must be >= 1, got {cfg.subset}")
+        if cfg.subset > len(train):
+            raise UserError(
+                f"config key 'data.subset' is {cfg.subset} but only {len(train)} training images are available "
+                f"({n} minus {n_val} held out for validation); lower it or set it to null"
+            )
         train = train[: cfg.subset]
     if cfg.val_subset is not None:
+        if cfg.val_subset > len(val):
+            raise UserError(
+                f"config key 'data.val_subset' is {cfg.val_subset} but the validation split has only {len(val)} "
+                f"images (data.val_fraction {cfg.val_fraction:g} of {n}); lower it or set it to null"
+            )
         val = val[: cfg.val_subset]
     return train.sort().values, val.sort().values
 
 
 def _test_indices(n: int, cfg: DataConfig) -> Optional[torch.Tensor]:
-    if cfg.test_subset is None or cfg.test_subset >= n:
+    if cfg.test_subset is None:
+        return None
+    if cfg.test_subset > n:
+        raise UserError(
+            f"config key 'data.test_subset' is {cfg.test_subset} but the test split has only {n} images; "
+            "lower it or set it to null"
+        )
+    if cfg.test_subset == n:
         return None
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed + 1))
     return perm[: cfg.test_subset].sort().values
@@ -248,7 +264,8 @@ def build_datasets(cfg: DataConfig) -> Splits:
         :class:`Splits` with the three datasets (val is None when ``val_fraction`` is 0) and a
         :class:`DataInfo`.
     Raises:
-        UserError: the data set is not where ``data.root`` says (the message names the path tried).
+        UserError: the data set is not where ``data.root`` says (the message names the path tried), or
+            ``data.subset`` / ``val_subset`` / ``test_subset`` asks for more images than its split has.
     """
     if cfg.name == "imagefolder":
         if cfg.canvas is not None:

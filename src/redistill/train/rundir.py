@@ -20,11 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import yaml
-
 from redistill.checkpoint import load_checkpoint
 from redistill.errors import UserError
 from redistill.train.config import Config, config_differences
+from redistill.util import read_yaml
 
 MARKER, LOCK_FILE, CONFIG, METRICS = ".redistill-run", ".lock", "config.yaml", "metrics.jsonl"
 _KEEP = {MARKER, LOCK_FILE}
@@ -109,8 +108,8 @@ def _stored_config(run_dir: Path) -> Optional[dict]:
     if last.is_file():
         return load_checkpoint(last).get("config") or {}
     try:
-        data = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
+        data = read_yaml(run_dir / CONFIG, "run config") if (run_dir / CONFIG).is_file() else None
+    except UserError:  # torn by a kill: without last.pt there is nothing it must agree with
         data = None
     return data if isinstance(data, dict) and data else None
 

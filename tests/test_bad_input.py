@@ -1,0 +1,378 @@
+"""Bad and hostile input over every subcommand: exit 2, one stderr line naming the problem, no traceback.
+
+Each row is ``redistill ARGS``, the exit code and words the error line must hold. Rows run
+in-process through :func:`redistill.cli.main.main` from a scratch directory holding the files
+below; ``RUN`` and ``EXPORT`` stand for a tiny trained run and its export. Errors torch or the OS
+raise (a file where a directory should be, an allocation too large) go through the CLI's catch-all
+and are held to the same one-line promise.
+"""
+
+from __future__ import annotations
+
+import resource
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+from redistill.cli.main import main
+from redistill.train.config import RANGES
+
+
+# A run that trains in about a second: 64 images of 8 x 8, a 4-wide ResNet-8, one epoch.
+TINY = """\
+model:
+  student: cifar_resnet8
+  options: {width: 4}
+data:
+  name: synthetic
+  workers: 0
+  batch_size: 16
+  synthetic: {train_size: 64, test_size: 16, image_size: 8}
+run:
+  epochs: 1
+  progress: false
+  device: cpu
+"""
+
+
+def _laughs(levels: int = 9) -> str:
+    """A "billion laughs" document: 9 aliases per level, 9**levels strings once expanded."""
+    lines = ["model:", "  student: cifar_resnet8", "  options:", f"    l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    for i in range(1, levels):
+        lines.append(f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+FILES = {
+    "tiny.yaml": TINY,
+    "bomb.yaml": _laughs(),
+    "deep.yaml": "model: {student: cifar_resnet8, options: {x: " + "[" * 3000 + "]" * 3000 + "}}\n",
+    "self.yaml": "model: {student: cifar_resnet8, options: &a {x: *a}}\n",
+    "dup.yaml": "model: {student: cifar_resnet8}\nmodel: {student: cifar_resnet20}\n",
+    "list.yaml": "- model\n- data\n",
+    "broken.yaml": "model: {student: cifar_resnet8\n",
+    "tag.yaml": 'model: !!python/object/apply:os.system ["echo owned"]\n',
+    "neg_lr.yaml": TINY + "optim: {lr: -1e-3}\n",
+    "unknown_section.yaml": TINY + "trainer: {epochs: 3}\n",
+    "fac.py": "def boom(**kw):\n    raise ValueError('bad width')\n\n\ndef needs(depth):\n    return None\n",
+    "plain.txt": "not a directory\n",
+    "empty.yaml": "",
+}
+BINARY = {"latin.yaml": b"model:\n  student: cifar_resnet8\noptim: {lr: 0.1}  # caf\xe9\n"}
+
+
+def _override_bomb() -> str:
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for prev, name in zip("abcd", "bcde"):
+        levels.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]")
+    return "model.options={" + ", ".join(levels) + "}"
+
+
+def row(cmd: str, *words: str, code: int = 2, marks: tuple = ()):
+    """One table row: ``redistill CMD`` exits with ``code``, its one stderr line holding ``words``."""
+    return pytest.param(cmd, code, words, id=cmd, marks=list(marks))
+
+
+# (key, bad value, the valid range as the message words it, the value as the message shows it)
+BAD_VALUES = [
+    ("model.num_classes", "0", ">= 1 (or null)", "0"),
+    ("model.in_channels", "-3", ">= 1 (or null)", "-3"),
+    ("data.image_size", "0", ">= 1 (or null)", "0"),
+    ("data.canvas", "-28", ">= 1 (or null)", "-28"),
+    ("data.subset", "-5", ">= 1 (or null)", "-5"),
+    ("data.val_fraction", "1", "in [0, 1)", "1.0"),
+    ("data.val_fraction", "-0.1", "in [0, 1)", "-0.1"),
+    ("data.val_subset", "0", ">= 1 (or null)", "0"),
+    ("data.test_subset", "-2", ">= 1 (or null)", "-2"),
+    ("data.split_seed", "-1", ">= 0", "-1"),
+    ("data.batch_size", "0", ">= 1", "0"),
+    ("data.eval_batch_size", "0", ">= 1 (or null)", "0"),
+    ("data.workers", "-1", ">= 0", "-1"),
+    ("data.augment.padding", "-4", ">= 0", "-4"),
+    ("data.augment.randaugment_ops", "-1", ">= 0", "-1"),
+    ("data.augment.randaugment_magnitude", "31", "in [0, 30]", "31"),
+    ("data.augment.randaugment_magnitude", "-1", "in [0, 30]", "-1"),
+    ("data.augment.cutmix_alpha", "-0.5", ">= 0", "-0.5"),
+    ("data.augment.mixup_alpha", "-1", ">= 0", "-1.0"),
+    ("data.synthetic.train_size", "0", ">= 1", "0"),
+    ("data.synthetic.test_size", "-1", ">= 1", "-1"),
+    ("data.synthetic.num_classes", "0", ">= 1", "0"),
+    ("data.synthetic.channels", "0", ">= 1", "0"),
+    ("data.synthetic.image_size", "0", ">= 1", "0"),
+    ("optim.lr", "0", "> 0", "0.0"),
+    ("optim.lr", "-1e-3", "> 0", "-0.001"),  # a YAML 1.2 float, read as one
+    ("optim.lr", ".inf", "> 0", "inf"),
+    ("optim.lr", ".nan", "> 0", "nan"),
+    ("optim.momentum", "1", "in [0, 1)", "1.0"),
+    ("optim.momentum", "-0.9", "in [0, 1)", "-0.9"),
+    ("optim.weight_decay", "-5e-4", ">= 0", "-0.0005"),
+    ("optim.betas", "[0.9, 1.0]", "two values, each in [0, 1)", "[0.9, 1.0]"),
+    ("optim.betas", "[-0.1, 0.999]", "two values, each in [0, 1)", "[-0.1, 0.999]"),
+    ("optim.betas", "[0.9]", "two values, each in [0, 1)", "[0.9]"),
+    ("optim.betas", "[0.9, 0.99, 0.999]", "two values, each in [0, 1)", "[0.9, 0.99, 0.999]"),
+    ("optim.label_smoothing", "1.5", "in [0, 1)", "1.5"),
+    ("optim.label_smoothing", "-0.1", "in [0, 1)", "-0.1"),
+    ("optim.grad_clip", "-1", "> 0 (or null)", "-1.0"),
+    ("optim.grad_clip", "0", "> 0 (or null)", "0.0"),
+    ("schedule.warmup_epochs", "-1", ">= 0", "-1.0"),
+    ("schedule.milestones", "[0, 5]", "positive and increasing (epochs, e.g. [30, 60])", "[0, 5]"),
+    ("schedule.milestones", "[5, 3]", "positive and increasing (epochs, e.g. [30, 60])", "[5, 3]"),
+    ("schedule.milestones", "[3, 3]", "positive and increasing (epochs, e.g. [30, 60])", "[3, 3]"),
+    ("schedule.gamma", "0", "> 0", "0.0"),
+    ("schedule.gamma", "-0.1", "> 0", "-0.1"),
+    ("schedule.min_lr", "-1e-5", ">= 0", "-1e-05"),
+    ("distill.task_weight", "-0.5", ">= 0 (or null)", "-0.5"),
+    ("run.epochs", "0", ">= 1", "0"),
+    ("run.seed", "-1", ">= 0", "-1"),
+    ("run.log_every", "0", ">= 1", "0"),
+]
+
+RANGE_ROWS = [
+    row(f"train tiny.yaml {shlex.quote(f'{key}={value}')} --out out",
+        f"config key '{key}' must be {valid}, got {shown}")
+    for key, value, valid, shown in BAD_VALUES
+]
+
+TRAIN_ROWS = [
+    # the config file itself
+    row("train missing.yaml", "config file missing.yaml not found"),
+    row("train .", "is a directory"),
+    row("train latin.yaml", "latin.yaml", "not UTF-8"),
+    row("train broken.yaml", "broken.yaml", "not valid YAML", "line 2"),
+    row("train bomb.yaml", "bomb.yaml", "aliases expand to more than"),
+    row("train self.yaml", "self.yaml", "alias refers to a node that contains it"),
+    row("train deep.yaml", "deep.yaml", "nested too deeply"),
+    row("train dup.yaml", "dup.yaml", "duplicate key 'model'"),
+    row("train list.yaml", "must be a mapping of sections", "list"),
+    row("train tag.yaml", "tag.yaml", "python/object"),
+    row("train plain.txt", "config must be a mapping of sections, got str"),
+    row("train empty.yaml", "'model.student' is required"),
+    row("train neg_lr.yaml", "'optim.lr' must be > 0", "got -0.001"),
+    # unknown keys
+    row("train tiny.yaml optim.lrr=0.1", "unknown config key 'optim.lrr'", "did you mean optim.lr"),
+    row("train tiny.yaml data.augment.flipp=true", "'data.augment.flipp'", "data.augment.flip"),
+    row("train tiny.yaml trainer.epochs=3", "unknown config key 'trainer'"),
+    row("train unknown_section.yaml", "unknown config key 'trainer'"),
+    # wrong types and choices
+    row("train tiny.yaml optim.lr=fast", "'optim.lr' expects float, got str"),
+    row("train tiny.yaml run.epochs=2.5", "'run.epochs' expects int"),
+    row("train tiny.yaml run.epochs=true", "'run.epochs' expects int, got bool"),
+    row("train tiny.yaml data.subset=[1]", "'data.subset' expects int or null"),
+    row("train tiny.yaml optim.betas=[0.9,x]", "'optim.betas[1]' expects float"),
+    row("train tiny.yaml data=3", "'data' expects mapping"),
+    row("train tiny.yaml optim.lr.x=1", "'optim.lr' expects float, got dict"),
+    row("train tiny.yaml optim.name=lamb", "'optim.name' must be one of sgd, adam, adamw"),
+    row("train tiny.yaml data.name=fashion", "did you mean fashion_mnist"),
+    row("train tiny.yaml data.augment.crop=random", "'data.augment.crop' must be one of"),
+    row("train tiny.yaml schedule.name=multistep", "needs schedule.milestones"),
+    row("train tiny.yaml distill.pairs=bogus", "'distill.pairs'", "'auto'"),
+    row("train tiny.yaml distill.method=red", "needs model.teacher"),
+    # overrides
+    row("train tiny.yaml optim.lr", "override 'optim.lr' is not key=value"),
+    row("train tiny.yaml =3", "is not key=value"),
+    row("train tiny.yaml optim.lr=[1", "override 'optim.lr=[1'", "not valid YAML"),
+    row(f"train tiny.yaml '{_override_bomb()}'", "override 'model.options=", "aliases expand to more than"),
+    # sizes against the data
+    row("train tiny.yaml data.subset=1000 --out out", "'data.subset' is 1000", "58 training images"),
+    row("train tiny.yaml data.val_subset=100 --out out", "'data.val_subset' is 100", "only 6 images"),
+    row("train tiny.yaml data.val_fraction=0 data.val_subset=1 --out out", "'data.val_subset' is 1", "only 0"),
+    row("train tiny.yaml data.test_subset=17 --out out", "'data.test_subset' is 17", "only 16 images"),
+    row("train tiny.yaml data.batch_size=1000 --out out", "fewer than one batch of 1000"),
+    row("train tiny.yaml data.canvas=4 --out out", "data.canvas=4 is smaller than the 8x8 images"),
+    # models, data sets, devices, paths
+    row("train tiny.yaml model.student=nosuchnet --out out", "unknown model 'nosuchnet'"),
+    row("train tiny.yaml model.student=fac.py:boom --out out", "factory 'fac.py:boom' raised ValueError: bad width"),
+    row("train tiny.yaml model.student=fac.py:needs --out out",
+        "factory 'fac.py:needs' takes no parameter 'num_classes'"),
+    row("train tiny.yaml model.student=missing.py:f --out out", "model file not found: missing.py"),
+    row("train tiny.yaml 'model.options={widht: 4}' --out out", "no option 'widht'", "did you mean width"),
+    row("train tiny.yaml distill.method=kd model.teacher=cifar_resnet8 model.teacher_checkpoint=missing --out out",
+        "checkpoint not found: missing"),
+    row("train tiny.yaml distill.method=nosuch model.teacher=cifar_resnet8 model.teacher_checkpoint=RUN --out out",
+        "unknown distillation method 'nosuch'"),
+    row("train tiny.yaml data.name=cifar10 --out out", "data.root is required for data.name=cifar10"),
+    row("train tiny.yaml data.name=cifar10 data.root=missing --out out", "data set folder not found: missing"),
+    row("train tiny.yaml run.device=tpu --out out", "run.device must be auto, cpu, cuda or cuda:N", "'tpu'"),
+    row("train tiny.yaml run.device=cuda:99 --out out", "run.device is cuda:99"),
+    row("train tiny.yaml --out RUN", "already exists", "--resume"),
+    row("train tiny.yaml --bogus", "unrecognized arguments: --bogus"),
+    # an unwritable --out, and model and data that do not fit each other
+    row("train tiny.yaml --out plain.txt/run", "plain.txt"),
+    row("train tiny.yaml model.in_channels=3 --out out", "model.in_channels is 3", "1 channel"),
+    row("train tiny.yaml model.num_classes=2 --out out", "model.num_classes is 2", "4 classes"),
+    row("train tiny.yaml 'model.options={width: -1}' --out out", "width must be > 0, got -1"),
+    row("train tiny.yaml 'model.options={width: 0}' --out out", "width must be > 0, got 0"),
+]
+
+MEMORY_ROWS = [
+    row("memory nosuchnet", "unknown model 'nosuchnet'"),
+    row("memory", "the following arguments are required: MODEL"),
+    row("memory cifar_resnet8 --input 0x3x32x32", "--input '0x3x32x32' must be NxCxHxW or CxHxW"),
+    row("memory cifar_resnet8 --input 3x32", "--input '3x32'"),
+    row("memory cifar_resnet8 --input 1x3x8x8x2", "--input '1x3x8x8x2'"),
+    row("memory cifar_resnet8 --input abc", "--input 'abc'"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --batch-size 0", "--batch-size must be positive, got 0"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --batch-size x", "--batch-size: invalid int value"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --top -1", "--top must be >= 1, got -1"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --dtype fp64", "--dtype: invalid choice"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --convention peak", "--convention: invalid choice"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --json missing/r.json", "cannot write missing/r.json", "does not exist"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --json .", "cannot write .: it is a directory"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --plot missing/p.png", "cannot write missing/p.png"),
+    row("memory cifar_resnet8 --input 1x3x8x8 --compare nosuchnet", "unknown model 'nosuchnet'"),
+    row("memory fac.py:boom --input 1x3x8x8", "factory 'fac.py:boom' raised ValueError: bad width"),
+    row("memory fac.py:needs --input 1x3x8x8", "factory 'fac.py:needs' raised TypeError"),
+    row("memory missing.py:f", "model file not found: missing.py"),
+    row("memory os:nosuch", "'os' has no attribute 'nosuch'"),
+    row("memory latin.yaml --input 1x3x8x8", "model spec file latin.yaml"),
+    row("memory RUN --input 1x1x8x8", "is a directory but not an export"),
+    row("memory EXPORT --input 1x3x8x8", "the input has 3 channels", "expects 1"),
+    row("memory EXPORT --input 1x2x8x8", "has in_channels=1, but 2 is needed"),
+    row("memory cifar_resnet8 --input 1x3x1000000x1000000", "allocate"),
+]
+
+MODELS_ROWS = [
+    row("models nosuch", "unknown model family 'nosuch'"),
+    row("models cifar_resnet8 nosuch", "unknown model family 'nosuch'"),
+]
+
+DERIVE_ROWS = [
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 3", "factor must be a power of two", "got 3"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 0", "factor must be a power of two", "got 0"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --budget abc", "malformed size 'abc'"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --budget=-1KiB", "malformed size '-1KiB'"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --budget 1B", "no factor meets the budget"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 2 --budget 1MB", "not allowed with argument"),
+    row("derive cifar_resnet8 --factor 2", "the following arguments are required: --input"),
+    row("derive cifar_resnet8 --input 1x3x32x32", "one of the arguments --factor --budget is required"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 2 --drop nosuch", "'nosuch' is not a later stride slot"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 2 --num-classes 0", "--num-classes must be >= 1, got 0"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 2 --out missing/s.yaml", "cannot write missing/s.yaml"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 2 --out .", "cannot write .: it is a directory"),
+    row("derive cifar_resnet8 --input 1x3x32x32 --factor 2 --plot missing/p.png", "cannot write missing/p.png"),
+    row("derive nosuchnet --input 1x3x32x32 --factor 2", "unknown model 'nosuchnet'"),
+    row("derive cifar_resnet8 --input 1x3x0x32 --factor 2", "--input '1x3x0x32'"),
+    row("derive fac.py:boom --input 1x3x32x32 --factor 2", "factory 'fac.py:boom' raised ValueError"),
+    row("derive EXPORT --input 1x1x8x8 --factor 2", "cannot find stride slots"),
+]
+
+LAYERS_ROWS = [
+    row("layers nosuchnet cifar_resnet8 --input 1x3x32x32", "unknown model 'nosuchnet'"),
+    row("layers cifar_resnet8 nosuchnet --input 1x3x32x32", "unknown model 'nosuchnet'"),
+    row("layers cifar_resnet8 cifar_resnet8 --input 3x32", "--input '3x32'"),
+    row("layers cifar_resnet8", "the following arguments are required: student"),
+    row("layers fac.py:boom cifar_resnet8 --input 1x3x32x32", "factory 'fac.py:boom' raised"),
+    # a 1-channel export against a 3-channel input: the forward fails inside torch
+    row("layers EXPORT cifar_resnet8 --input 1x3x8x8", "channels"),
+]
+
+EVAL_ROWS = [
+    row("eval missing", "no such run or export directory: missing"),
+    row("eval .", "is neither a run directory (config.yaml) nor an export (spec.yaml)"),
+    row("eval RUN --batch-size 0", "--batch-size must be >= 1, got 0"),
+    row("eval RUN --batch-size -3", "--batch-size must be >= 1, got -3"),
+    row("eval EXPORT --batch-size 0", "--batch-size must be >= 1, got 0"),
+    row("eval RUN --device tpu", "--device must be auto, cpu, cuda or cuda:N", "'tpu'"),
+    row("eval RUN --device cuda:99", "--device is cuda:99"),
+    row("eval RUN --split train", "--split: invalid choice: 'train'"),
+    row("eval RUN --batch-size many", "--batch-size: invalid int value"),
+]
+
+EXPORT_ROWS = [
+    row("export missing", "missing is not a run directory (no config.yaml)"),
+    row("export .", "is not a run directory (no config.yaml)"),
+    row("export RUN --out RUN", "already exists and is not empty"),
+    row("export RUN --checkpoint bogus", "--checkpoint: invalid choice: 'bogus'"),
+    row("export RUN --out plain.txt/export", "plain.txt"),
+]
+
+DEMO_ROWS = [
+    row("demo --configs missing", "demo config directory not found: missing"),
+    row("demo --configs . --out d", "demo config missing", "teacher.yaml"),
+    row("demo --threads 0", "--threads must be >= 1, got 0"),
+    row("demo optim.lr=-1 --out d", "'optim.lr' must be > 0, got -1.0"),
+    row("demo data.subset=0 --out d", "'data.subset' must be >= 1 (or null), got 0"),
+    row("demo optim.lrr=1 --out d", "unknown config key 'optim.lrr'"),
+    row("demo --device tpu --out d", "run.device must be auto, cpu, cuda or cuda:N"),
+    row("demo --data-root missing --out d run.epochs=1", "data set folder not found: missing"),
+    row("demo --out plain.txt/demo run.epochs=1", "plain.txt"),
+]
+
+ROWS = (RANGE_ROWS + TRAIN_ROWS + MEMORY_ROWS + MODELS_ROWS + DERIVE_ROWS + LAYERS_ROWS + EVAL_ROWS + EXPORT_ROWS
+        + DEMO_ROWS)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A tiny finished run and its export, shared by the rows that need one."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "tiny.yaml").write_text(TINY)
+    run, export = root / "run", root / "export"
+    assert main(["train", str(root / "tiny.yaml"), "--out", str(run)]) == 0
+    assert main(["export", str(run), "--out", str(export)]) == 0
+    return {"RUN": run, "EXPORT": export}
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch, trained) -> Path:
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    for name, data in BINARY.items():
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _argv(cmd: str, trained: dict[str, Path]) -> list[str]:
+    """``cmd`` split as a shell would, with ``RUN`` / ``EXPORT`` (alone or after ``=``) made paths."""
+    argv = []
+    for arg in shlex.split(cmd):
+        key, eq, value = arg.rpartition("=")
+        if arg in trained:
+            arg = str(trained[arg])
+        elif eq and value in trained:
+            arg = f"{key}={trained[value]}"
+        argv.append(arg)
+    return argv
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit_:  # argparse's usage errors
+        return exit_.code
+
+
+@pytest.mark.parametrize("cmd, code, words", ROWS)
+def test_bad_input_is_one_line(cmd, code, words, scratch, trained, capsys):
+    capsys.readouterr()  # the shared run's output
+    rc = _run(_argv(cmd, trained))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert rc == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for word in words:
+        assert word in lines[0]
+
+
+def test_every_range_has_a_row():
+    assert {key for key, *_ in BAD_VALUES} == set(RANGES)
+
+
+def test_alias_bomb_fails_fast(scratch):
+    """9**9 strings once expanded: refused before anything is expanded."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    assert _run(["train", "bomb.yaml"]) == 2
+    assert time.perf_counter() - start < 2.0
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 100_000  # under 100 MB (the expanded document would be gigabytes)
+
+
+def test_failed_rows_leave_no_runs_folder(scratch):
+    # A config refused at load time must not have created runs/<name> (the default --out).
+    assert _run(["train", "tiny.yaml", "optim.lr=-1"]) == 2
+    assert not (scratch / "runs").exists()
