@@ -49,11 +49,6 @@ def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
     modules = dict(folded.named_modules())
     for conv_name, bn_name in pairs:
         fused = fuse_conv_bn_eval(modules[conv_name], modules[bn_name])
-        _set(folded, conv_name, fused)
-        _set(folded, bn_name, nn.Identity())
+        folded.set_submodule(conv_name, fused)
+        folded.set_submodule(bn_name, nn.Identity())
     return folded.eval()
-
-
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, attr, module)
