@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 # Fashion-MNIST distillation demo (teacher, x4 student, RED x4 student).
 demo: setup
 	@mkdir -p demo_out
-	$(BIN)/redistill memory resnet18 --input 1x3x224x224 --compare mobilenet_v2 --top 6 \
+	$(BIN)/redistill memory torchvision:resnet18 --input 1x3x224x224 --compare mobilenet_v2 --top 6 \
 	  --plot demo_out/memory_resnet18_vs_mobilenet_v2.png
 	$(BIN)/redistill demo
 
