@@ -171,6 +171,15 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
     return [js, fm.write_markdown(args.results / f"{stem}.md", lines, png), png]
 
 
+def scaled_milestones(milestones: list[int], factor: float) -> list[int]:
+    """The recipe's milestones scaled to another length, kept positive and increasing (a milestone that
+    would fall on the one before moves an epoch later: short runs keep every lr step)."""
+    out: list[int] = []
+    for m in milestones:
+        out.append(max(round(m * factor), out[-1] + 1 if out else 1))
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("fashion_mnist", "stl10"), default="fashion_mnist")
@@ -198,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     base = recipe()
     args.batch_size = BUDGET["batch_size"] if args.budget else base.data.batch_size
     epochs = args.epochs or (1 if args.quick else BUDGET["epochs"] if args.budget else base.run.epochs)
-    args.milestones = [round(m * epochs / base.run.epochs) for m in base.schedule.milestones]
+    args.milestones = scaled_milestones(base.schedule.milestones, epochs / base.run.epochs)
     args.lr = base.optim.lr * args.batch_size / base.data.batch_size  # linear scaling from the recipe's batch
     args.image_size = QUICK_SIZE if args.quick else BUDGET_SIZE if args.budget else SIZE
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])

@@ -88,10 +88,12 @@ def test_budget_quick_and_stl10_forms(pr, tmp_path):
     shorter = pr.parse_args(["--budget", "--epochs", "50", "--jobs", "3"])
     assert shorter.milestones == [30, 40, 45] and shorter.jobs == 3
     assert pr.parse_args(["--epochs", "10"]).milestones == [6, 8, 9]
+    assert pr.parse_args(["--epochs", "2"]).milestones == [1, 2, 3]  # positive and increasing, however short
 
     quick = _configs(pr, ["--quick", "--out", str(tmp_path)])
     for cfg in quick.values():
         assert (cfg.data.image_size, cfg.run.epochs, cfg.model.options["width"]) == (32, 1, pr.QUICK_WIDTH)
+        assert cfg.schedule.milestones == [1, 2, 3]
         assert (cfg.data.subset, cfg.data.val_subset, cfg.data.test_subset) == pr.QUICK_SIZES
     assert pr.parse_args(["--quick"]).seeds == [0, 1] and pr.results_stem(pr.parse_args(["--quick"])).endswith("_quick")
 
