@@ -56,6 +56,7 @@ CONFIG_FILES = {"teacher": "teacher.yaml", "vanilla": "student_vanilla.yaml", "r
 # The paired differences reported with --student-plus: (label, minuend, subtrahend).
 DIFFERENCES = (("RED - vanilla", "red", "vanilla"), ("RED - student+", "red", "student_plus"),
                ("student+ - vanilla", "student_plus", "vanilla"))
+QUICK_SIZES = (2000, 500, 2000)  # --quick: training, validation and test images
 
 
 def kinds(args: argparse.Namespace) -> tuple[str, ...]:
@@ -82,7 +83,7 @@ def weights_suffix(args: argparse.Namespace, kind: str) -> str:
 def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[str]:
     """Dotted overrides turning a quickstart config into one run of the protocol."""
     if args.quick:
-        subset, val_subset, test_subset = 2000, 500, 2000
+        subset, val_subset, test_subset = args.quick_sizes
         epochs = 1
     else:
         subset, val_subset, test_subset = args.subset, None, None
@@ -156,8 +157,12 @@ def shared_teacher(path: Path, flag: str = "--teacher") -> dict:
     return json.loads(summary.read_text())
 
 
-def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None]:
+def run_protocol(args: argparse.Namespace, config_files: dict[str, str] = CONFIG_FILES,
+                 overrides=protocol_overrides) -> tuple[dict[str, dict], dict | None]:
     """Run every (kind, seed) run; RED runs start once their teacher finished.
+
+    ``config_files`` names the config (in ``args.configs``) of each kind and ``overrides(args, kind, seed)``
+    gives one run's dotted overrides: another protocol (``paper_regime.py``) passes its own.
 
     With ``args.alphas``, RED runs of the first seed try each alpha, the one with the best
     *validation* accuracy is kept and used for the other seeds (the test set chooses nothing);
@@ -175,8 +180,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict[str, dict], dict | None
     def job(kind: str, seed: int, alpha: float | None = None):
         name = kind + ("" if alpha is None else f"_a{alpha:g}") + weights_suffix(args, kind) + f"_s{seed}"
         extra = [] if alpha is None else [f"distill.options.alpha={alpha}"]
-        overrides = protocol_overrides(args, kind, seed) + extra
-        return str(args.configs / CONFIG_FILES[kind]), overrides, str(out / name), threads
+        return str(args.configs / config_files[kind]), overrides(args, kind, seed) + extra, str(out / name), threads
 
     summaries: dict[str, dict] = {}
     first = args.seeds[0]
@@ -348,6 +352,52 @@ def red_loss_trend(summaries: list[dict]) -> dict[str, tuple[float, float]]:
     return {k: (sum(firsts[k]) / len(firsts[k]), sum(lasts[k]) / len(lasts[k])) for k in firsts}
 
 
+def result_lines(agg: dict, summaries: dict, seeds: list[int], rows) -> list[str]:
+    """The Markdown shared by the protocols' results files: the results table, peak reduction, gap shares,
+    per-seed accuracies, paired differences (with student+), RED loss trend and training times."""
+    from redistill import results as report
+
+    gap = agg["gap_recovered"]
+    per_seed = ", ".join("-" if g is None else f"{100 * g:.0f}%" for g in agg["gap_recovered_per_seed"])
+    g = agg["groups"]
+    lines = [
+        report.results_table(rows, markdown=True),
+        "",
+        "Test accuracy (%) of the best-validation checkpoint, mean ± sample std over seeds; peak activation memory "
+        "per image (batch 1, fp32, BatchNorm folded) of the deployed models, RED blocks included.",
+        "",
+        f"- Peak memory, teacher / RED student: x{agg['peak_reduction_live']:.2f} (live), "
+        f"x{agg['peak_reduction_layer']:.2f} (layer convention); target >= 4x: "
+        f"{'met' if min(agg['peak_reduction_live'], agg['peak_reduction_layer']) >= 4 else 'NOT met'}.",
+        "- Share of the teacher / vanilla-student gap RED recovers (from the means): "
+        + ("undefined (teacher not better than the vanilla student)" if gap is None else
+           f"**{100 * gap:.0f}%**; target >= 50%: {'met' if gap >= 0.5 else 'NOT met'}")
+        + f"; per seed: {per_seed}.",
+        f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
+        f"RED {g['red']['test_acc']}" + "".join(f", {EXTRA[k][0]} {g[k]['test_acc']}" for k in EXTRA if k in g) + ".",
+    ]
+    diffs = agg.get("differences") or {}
+    if diffs:
+        lines.append("- Paired differences (test accuracy points; mean of the per-seed differences ± their sample std "
+                     "over seeds): " + "; ".join(
+                         f"{label} **{d['mean']:+.2f} ± {d['std']:.2f}** (per seed "
+                         + ", ".join(f"{x:+.2f}" for x in d["per_seed"]) + ")" for label, d in diffs.items()) + ".")
+        beats = diffs["RED - vanilla"]["beyond_spread"] and diffs["RED - student+"]["beyond_spread"]
+        lines.append("- RED beats both vanilla and student+ by more than the seeds' spread (mean difference > its std): "
+                     + ("**yes**" if beats else "**no**") + ".")
+    trend = red_loss_trend([summaries[f"red_s{s}"] for s in seeds])
+    if trend:
+        lines.append("- RED loss terms (training, mean over seeds), first -> last epoch: " + ", ".join(
+            f"{k} {first:.4f} -> {last:.4f}" for k, (first, last) in trend.items()) + ".")
+    lines.append("- Training time per run (mean): " + ", ".join(
+        f"{k} {g[k]['train_time_s_mean'] / 60:.1f} min on {g[k]['device']}" for k in g) + ".")
+    for kind in (k for k in EXTRA if k in g):
+        share = agg["gap_recovered_by_group"][kind]
+        lines.append(f"- Share of the gap {EXTRA[kind][1]} recovers: "
+                     + ("undefined" if share is None else f"**{100 * share:.0f}%**") + ".")
+    return lines
+
+
 def results_stem(args: argparse.Namespace) -> str:
     """``fashion_mnist[_<tag>][_quick]``: the name of the results files and default run folder."""
     return "fashion_mnist" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
@@ -381,8 +431,6 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
     canvas = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.canvas=")), None)
     canvas = None if canvas in (None, "null") else canvas
     others = [o for o in args.overrides if not o.startswith("data.canvas=")]
-    gap = agg["gap_recovered"]
-    per_seed = ", ".join("-" if g is None else f"{100 * g:.0f}%" for g in agg["gap_recovered_per_seed"])
     g = agg["groups"]
     lines = [
         f"# Fashion-MNIST: teacher vs vanilla student vs RED student{' (QUICK smoke run, not a result)' if args.quick else ''}",
@@ -411,40 +459,8 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         + f"Device(s): {', '.join(settings['devices'])}. Wall time of this call: {wall_s / 60:.1f} min "
         "(reused runs cost nothing).",
         "",
-        report.results_table(rows, markdown=True),
-        "",
-        "Test accuracy (%) of the best-validation checkpoint, mean ± sample std over seeds; peak activation memory "
-        "per image (batch 1, fp32, BatchNorm folded) of the deployed models, RED blocks included.",
-        "",
-        f"- Peak memory, teacher / RED student: x{agg['peak_reduction_live']:.2f} (live), "
-        f"x{agg['peak_reduction_layer']:.2f} (layer convention); target >= 4x: "
-        f"{'met' if min(agg['peak_reduction_live'], agg['peak_reduction_layer']) >= 4 else 'NOT met'}.",
-        "- Share of the teacher / vanilla-student gap RED recovers (from the means): "
-        + ("undefined (teacher not better than the vanilla student)" if gap is None else
-           f"**{100 * gap:.0f}%**; target >= 50%: {'met' if gap >= 0.5 else 'NOT met'}")
-        + f"; per seed: {per_seed}.",
-        f"- Per-seed test accuracies: teacher {g['teacher']['test_acc']}, vanilla {g['vanilla']['test_acc']}, "
-        f"RED {g['red']['test_acc']}" + "".join(f", {EXTRA[k][0]} {g[k]['test_acc']}" for k in EXTRA if k in g) + ".",
     ]
-    diffs = agg.get("differences") or {}
-    if diffs:
-        lines.append("- Paired differences (test accuracy points; mean of the per-seed differences ± their sample std "
-                     "over seeds): " + "; ".join(
-                         f"{label} **{d['mean']:+.2f} ± {d['std']:.2f}** (per seed "
-                         + ", ".join(f"{x:+.2f}" for x in d["per_seed"]) + ")" for label, d in diffs.items()) + ".")
-        beats = diffs["RED - vanilla"]["beyond_spread"] and diffs["RED - student+"]["beyond_spread"]
-        lines.append("- RED beats both vanilla and student+ by more than the seeds' spread (mean difference > its std): "
-                     + ("**yes**" if beats else "**no**") + ".")
-    trend = red_loss_trend([summaries[f"red_s{s}"] for s in args.seeds])
-    if trend:
-        lines.append("- RED loss terms (training, mean over seeds), first -> last epoch: " + ", ".join(
-            f"{k} {first:.4f} -> {last:.4f}" for k, (first, last) in trend.items()) + ".")
-    lines.append("- Training time per run (mean): " + ", ".join(
-        f"{k} {g[k]['train_time_s_mean'] / 60:.1f} min on {g[k]['device']}" for k in g) + ".")
-    for kind in (k for k in EXTRA if k in g):
-        share = agg["gap_recovered_by_group"][kind]
-        lines.append(f"- Share of the gap {EXTRA[kind][1]} recovers: "
-                     + ("undefined" if share is None else f"**{100 * share:.0f}%**") + ".")
+    lines += result_lines(agg, summaries, args.seeds, rows)
     if selection is not None:
         tried = ", ".join(f"{a}: {v:.2f}%" for a, v in selection["val_acc"].items())
         lines.append(
@@ -455,15 +471,21 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         alphas = sorted({p["alpha"] for p in g["red"]["pairs"] or [] if p.get("alpha") is not None})
         lines.append(f"- RED alpha: {''.join(f'{a:g}, ' for a in alphas)}the one in configs/demo/student_red.yaml "
                      "(no selection in this call).")
-    lines += [
-        "",
-        f"![accuracy vs peak memory]({png.name})",
-        "",
-    ]
-    md = args.results / f"{stem}.md"
-    md.write_text("\n".join(lines))
-    print("\n".join(lines))
-    return [js, md, png]
+    return [js, write_markdown(args.results / f"{stem}.md", lines, png), png]
+
+
+def write_markdown(path: Path, lines: list[str], png: Path) -> Path:
+    """Write (and print) a results file: ``lines``, then the accuracy-vs-memory figure ``png``."""
+    text = "\n".join(lines + ["", f"![accuracy vs peak memory]({png.name})", ""])
+    path.write_text(text)
+    print(text)
+    return path
+
+
+def default_workers(jobs: int) -> int:
+    """Data-loading processes per run when ``jobs`` runs share this machine's cores (0 on 1-2 cores)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(6, cores // max(1, jobs) - 1)) if cores > 2 else 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -516,11 +538,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "and cannot be combined with --quick")
     if args.seeds is None:
         args.seeds = [0, 1] if args.quick else [0, 1, 2]
+    args.quick_sizes = QUICK_SIZES
     if args.teacher is not None and args.teachers is not None:
         p.error("--teacher (one run for every seed) and --teachers (one run per seed) exclude each other")
     if args.workers is None:
-        cores = os.cpu_count() or 1
-        args.workers = max(1, min(6, cores // max(1, args.jobs) - 1)) if cores > 2 else 0
+        args.workers = default_workers(args.jobs)
     if args.out is None:
         args.out = REPO / "runs" / results_stem(args)
     return args

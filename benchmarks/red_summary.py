@@ -1,10 +1,11 @@
 """Every Fashion-MNIST protocol result in one table: the share of the teacher / vanilla-student gap RED recovers.
 
 Reads the ``benchmarks/results/fashion_mnist*.json`` files that ``benchmarks/fashion_mnist.py``
-wrote (``--quick`` smoke runs are left out) and writes ``benchmarks/results/red_summary.{json,md,png}``:
-one row per protocol call (its setting, the mean test accuracies, the gap share of RED and, where
-the call trained them, of KD and RED + KD; where it trained student+, the paired differences RED - vanilla,
-RED - student+ and student+ - vanilla), and a bar chart of those shares against the 50% target.
+wrote and the ``paper_regime*.json`` ones of ``benchmarks/paper_regime.py`` (``--quick`` smoke runs
+are left out) and writes ``benchmarks/results/red_summary.{json,md,png}``: one row per protocol call
+(its setting, the mean test accuracies, the gap share of RED and, where the call trained them, of KD
+and RED + KD; where it trained student+, the paired differences RED - vanilla, RED - student+ and
+student+ - vanilla), and a bar chart of those shares against the 50% target.
 Nothing is trained; rerun it after a new protocol call.
 
     python benchmarks/red_summary.py
@@ -34,7 +35,7 @@ def describe(settings: dict, groups: dict) -> dict[str, str]:
     student = f"{model['name']} [{','.join(map(str, model['strides']))}]"
     if model.get("stem_kernel", 3) != 3:
         student += f", {model['stem_kernel']}x{model['stem_kernel']} stem"
-    changes = []
+    changes = [settings["setting"]] if settings.get("setting") else []  # paper_regime.py names its setting
     if settings.get("teacher_model"):  # older files have no such key: the configs' teacher
         changes.append(f"teacher `{settings['teacher_model']}`")
     for o in settings["overrides"]:
@@ -42,10 +43,10 @@ def describe(settings: dict, groups: dict) -> dict[str, str]:
         changes.append(f"translated ({value} x {value} canvas)" if key == "data.canvas" else f"`{o}`")
     if settings["red_weights"]:
         changes.append("RED loss {:g} CE + {:g} mean(alpha L)".format(*settings["red_weights"]))
-    subset = settings["subset"]
+    images = settings.get("train_images") or settings["subset"] or FULL_SPLIT
     return {
         "student": student,
-        "train images": f"{subset or FULL_SPLIT:,}",
+        "train images": f"{images:,}",
         "epochs (teacher / student)": (f"{settings['teacher_epochs']} / " if not settings["teacher"] else "shared / ")
         + str(settings["student_epochs"]),
         "change": ", ".join(changes) or "-",
@@ -55,7 +56,7 @@ def describe(settings: dict, groups: dict) -> dict[str, str]:
 def load(results: Path) -> list[dict]:
     """One record per protocol results file, sorted by name."""
     rows = []
-    for path in sorted(results.glob("fashion_mnist*.json")):
+    for path in sorted([*results.glob("fashion_mnist*.json"), *results.glob("paper_regime*.json")]):
         data = json.loads(path.read_text())
         settings = data.get("settings", {})
         if "groups" not in data or "gap_recovered" not in data or settings.get("quick"):
@@ -79,7 +80,7 @@ def load(results: Path) -> list[dict]:
             # only calls with --student-plus have them (mean, std, per_seed of each paired difference)
             "differences": data.get("differences") or {},
             "peak_reduction": min(data["peak_reduction_live"], data["peak_reduction_layer"]),
-            "command": "python benchmarks/fashion_mnist.py " + " ".join(settings["argv"]),
+            "command": f"python {settings.get('script', 'benchmarks/fashion_mnist.py')} " + " ".join(settings["argv"]),
             # which KD runs the row shows: a call that reused another call's runs shows the same ones
             "kd_runs": sorted(str(v.get("run_dir")) for k, v in data.get("runs", {}).items() if k.startswith("kd_s")),
         })
@@ -119,12 +120,14 @@ def write(rows: list[dict], results: Path) -> list[Path]:
     plus_head = " | student+ | RED - vanilla | RED - student+ | student+ - vanilla" if plus_rows else ""
     plus_rule = "---:|---:|---:|---:|" if plus_rows else ""
     least = min((r["peak_reduction"] for r in rows), default=4.0)
+    paper = any(r["file"].startswith("paper_regime") for r in rows)
+    scripts = "`benchmarks/fashion_mnist.py`" + (" and `benchmarks/paper_regime.py`" if paper else "")
     lines = [
         "# RED on Fashion-MNIST: every protocol result",
         "",
         "`python benchmarks/red_summary.py`",
         "",
-        "One row per `benchmarks/fashion_mnist.py` results file (its own file has the command, per-seed "
+        f"One row per {scripts} results file (its own file has the command, per-seed "
         "figures and memory). Test accuracy %, mean ± sample std over seeds. *Gap share*: (student - vanilla) / "
         "(teacher - vanilla) of the means, the share of the teacher / vanilla-student gap a distiller recovers "
         f"(target for RED: >= {100 * TARGET:.0f}%). Every student here has a peak at least {least:.0f}x "

@@ -198,9 +198,58 @@ def test_preloaded_augmentation_is_per_image_and_fixed_by_epoch():
 def test_preload_refuses_unsupported_augmentation():
     from redistill.train.preload import preloaded_loaders
 
-    cfg = data_cfg(name="synthetic", augment={"crop": "resized"})
-    with pytest.raises(UserError, match="augment.crop=resized"):
+    cfg = data_cfg(name="synthetic", augment={"randaugment_ops": 2})
+    with pytest.raises(UserError, match="augment.randaugment_ops"):
         preloaded_loaders(build_datasets(cfg), cfg, torch.device("cpu"))
+
+
+def test_preloaded_resized_crop_boxes_follow_torchvision_rule():
+    from redistill.train.preload import resized_crop_boxes
+
+    boxes = resized_crop_boxes(4000, 20, 30, torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 20).all() and (left + w <= 30).all()
+    assert torch.equal(boxes, boxes.round())  # whole pixels, as torchvision's get_params returns
+    share, aspect = h * w / 600, w / h
+    assert share.min() >= 0.05 and share.max() <= 1 and 0.4 < share.mean() < 0.6  # area share ~ U(0.08, 1)
+    assert aspect.min() > 0.6 and aspect.max() < 1.6  # log-uniform in (3/4, 4/3), rounding aside
+    assert len(set(map(tuple, boxes.tolist()))) > 1000 and len(set(top.tolist())) > 10
+    again = resized_crop_boxes(4000, 20, 30, torch.Generator().manual_seed(0))
+    assert torch.equal(again, boxes)
+    # No draw fits a 1 x 40 strip: torchvision's fallback, the central crop clamped to the widest ratio.
+    assert resized_crop_boxes(3, 1, 40, torch.Generator().manual_seed(0)).tolist() == [[0.0, 19.0, 1.0, 1.0]] * 3
+
+
+def test_preloaded_resized_crop_samples_the_box_like_interpolate():
+    import torch.nn.functional as F
+
+    from redistill.train.preload import resized_crop
+
+    x = torch.randint(0, 256, (3, 2, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    full = torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 3)
+    assert torch.allclose(resized_crop(x, full, 16), x.float(), atol=1e-3)  # the whole image at its size: itself
+    boxes = torch.tensor([[2.0, 3.0, 8.0, 8.0], [0.0, 0.0, 16.0, 10.0], [5.0, 1.0, 6.0, 12.0]])
+    out = resized_crop(x, boxes, 24)
+    for img, box, got in zip(x, boxes.long().tolist(), out):
+        t, l, h, w = box
+        want = F.interpolate(img[None, :, t : t + h, l : l + w].float(), size=(24, 24), mode="bilinear",
+                             align_corners=False)[0]
+        assert torch.allclose(got[:, 2:-2, 2:-2], want[:, 2:-2, 2:-2], atol=1e-3)  # inside the box's border
+    assert out.shape == (3, 2, 24, 24) and out.dtype == torch.float32
+
+
+def test_preloaded_resized_crop_through_the_loader():
+    from redistill.train.preload import preloaded_loaders
+
+    cfg = data_cfg(name="synthetic", canvas=24, image_size=32, batch_size=8, augment={"crop": "resized", "flip": True})
+    train, _, test = preloaded_loaders(build_datasets(cfg), cfg, torch.device("cpu"))
+    train.set_epoch(0, 0)
+    x0, y0 = next(iter(train))
+    train.set_epoch(0, 0)
+    again, _ = next(iter(train))
+    assert x0.shape == (8, 1, 32, 32) and torch.equal(x0, again)  # fixed by (seed, epoch)
+    images = (test.images.float() / 255 - test.mean) / test.std
+    assert x0.min() >= images.min() - 1e-4 and x0.max() <= images.max() + 1e-4  # bilinear: no new extremes
 
 
 @pytest.mark.parametrize("size", [40, 12])  # up from the native 16 px, and down (antialiased)

@@ -2,8 +2,8 @@
 a time with tensor ops.
 
 Per-image transforms cost a few hundred microseconds of Python each, which starves a GPU (and
-dominates small CPU runs); random pad-and-crop and flips of a whole batch are a handful of
-indexing ops. Randomness comes from a CPU generator seeded with (seed, epoch), so the batches
+dominates small CPU runs); random pad-and-crop, RandomResizedCrop and flips of a whole batch are a
+handful of tensor ops. Randomness comes from a CPU generator seeded with (seed, epoch), so the batches
 depend only on the epoch and a resumed run sees the same data as an uninterrupted one.
 """
 
@@ -33,14 +33,8 @@ def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def check_preload(cfg: DataConfig) -> None:
     """Refuse the augmentations that only the per-image pipeline implements."""
-    aug = cfg.augment
-    unsupported = []
-    if aug.crop == "resized":
-        unsupported.append("augment.crop=resized")
-    if aug.randaugment_ops > 0:
-        unsupported.append("augment.randaugment_ops")
-    if unsupported:
-        raise UserError(f"data.preload does not support {', '.join(unsupported)}; set data.preload=false")
+    if cfg.augment.randaugment_ops > 0:
+        raise UserError("data.preload does not support augment.randaugment_ops; set data.preload=false")
 
 
 _RESIZE_CHUNK = 2048  # images resized at a time: bounds the working copies of a large set
@@ -65,6 +59,53 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
         chunk = images[start : start + _RESIZE_CHUNK]
         out[start : start + _RESIZE_CHUNK] = TF.resize(chunk, [size, size], antialias=True)
     return out
+
+
+def resized_crop_boxes(
+    n: int, height: int, width: int, generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10,
+) -> torch.Tensor:
+    """``n`` RandomResizedCrop boxes (top, left, h, w) drawn as torchvision's ``get_params`` draws one.
+
+    Each box takes the first of ``tries`` (area share, log aspect) draws that fits in the image, at a
+    uniform place; a box with no fitting draw is torchvision's fallback, the central crop of the
+    image clamped to ``ratio``. Returns an (n, 4) float tensor on the CPU.
+    """
+    area = height * width
+    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=generator))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, tries, generator=generator))
+    w, h = (target * aspect).sqrt().round(), (target / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first try that fits (0 when none does)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    top = (torch.rand(n, generator=generator) * (height - h + 1)).floor()
+    left = (torch.rand(n, generator=generator) * (width - w + 1)).floor()
+    in_ratio = width / height
+    fw, fh = float(width), float(height)
+    if in_ratio < ratio[0]:
+        fh = float(round(fw / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw = float(round(fh * ratio[1]))
+    found = fits.any(1)
+    box = torch.stack([top, left, h, w], dim=1)
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
+    return torch.where(found[:, None], box, fallback)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image of ``x`` (B, C, H, W) cut to its box (top, left, h, w) and resized to ``size`` x ``size``.
+
+    Bilinear, sampling the box's pixel grid as ``F.interpolate(align_corners=False)`` samples a cut-out
+    crop (the outermost output pixels may blend in the pixel next to the box); returns float pixels.
+    """
+    b, c, height, width = x.shape
+    top, left, h, w = boxes.to(x.device, torch.float32).unbind(1)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = w / width, (2 * left + w) / width - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h / height, (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class TensorBatches:
@@ -113,7 +154,7 @@ class TensorBatches:
         usable = (len(perm) // self.world_size) * self.world_size
         return perm[:usable][self.rank :: self.world_size]
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) uint8
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) uint8 (float after a resized crop)
         aug, gen = self.augment, self.generator
         b, _, h, w = x.shape
         if aug.crop == "pad" and aug.padding > 0:
@@ -126,6 +167,8 @@ class TensorBatches:
             batch = torch.arange(b, device=self.device)[:, None, None, None]
             chans = torch.arange(x.shape[1], device=self.device)[None, :, None, None]
             x = padded[batch, chans, rows, cols]
+        elif aug.crop == "resized":  # the images were resized to the run's size when the tensor was built
+            x = resized_crop(x, resized_crop_boxes(b, h, w, gen), h)
         if aug.flip:
             flip = (torch.rand(b, generator=gen) < 0.5).to(self.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
