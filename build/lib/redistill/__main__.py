@@ -1,5 +1,0 @@
-import sys
-
-from redistill.cli.main import main
-
-sys.exit(main())

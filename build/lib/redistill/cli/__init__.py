@@ -1,1 +1,0 @@
-"""Command-line interface: ``redistill <command>``; one module per command."""
