@@ -284,3 +284,12 @@ def test_code_the_user_names_runs_and_errors_in_it_are_theirs(tmp_path, capsys):
     assert main(["memory", f"{bad}:make"]) == 2
     err = capsys.readouterr().err
     assert "factory" in err and "my factory broke" in err and err.count("\n") == 1
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_can_simply_be_rerun(tmp_path):
+    run_dir = tmp_path / "failed"
+    with pytest.raises(UserError, match="data.subset"):
+        run_training(tiny("data.subset=100000"), run_dir)  # refused after the directory was prepared
+    assert (run_dir / MARKER).is_file() and not (run_dir / "last.pt").exists()
+    run_training(tiny("run.epochs=1"), run_dir)  # no --overwrite needed: there was nothing to lose
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1

@@ -124,6 +124,8 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -
     """
     entries = [p for p in run_dir.iterdir() if p.name not in _KEEP] if run_dir.exists() else []
     marked = is_run_dir(run_dir)
+    if marked and entries and not any((run_dir / n).exists() for n in ("last.pt", "best.pt", "summary.json")):
+        overwrite, resume = True, False  # a run that failed before its first checkpoint: nothing to keep
     if entries and not (resume or overwrite):
         raise UserError(f"run directory {run_dir} already exists: pass --resume to continue it or --overwrite to start over")
     if entries and not marked:
