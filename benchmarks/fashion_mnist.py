@@ -300,7 +300,7 @@ def aggregate(summaries: dict[str, dict], seeds: list[int], groups_: tuple[str, 
         for label, a, b in DIFFERENCES:
             per_seed = [summaries[f"{a}_s{s}"]["test_acc"] - summaries[f"{b}_s{s}"]["test_acc"] for s in seeds]
             mean, std = report.mean_std(per_seed)
-            differences[label] = {"mean": mean, "std": std, "per_seed": per_seed, "beyond_spread": mean > std}
+            differences[label] = {"mean": mean, "std": std, "per_seed": per_seed, "beyond_spread": mean > std if len(per_seed) > 1 else None}
     return {
         "differences": differences,
         "groups": groups,
@@ -382,9 +382,10 @@ def result_lines(agg: dict, summaries: dict, seeds: list[int], rows) -> list[str
                      "over seeds): " + "; ".join(
                          f"{label} **{d['mean']:+.2f} ± {d['std']:.2f}** (per seed "
                          + ", ".join(f"{x:+.2f}" for x in d["per_seed"]) + ")" for label, d in diffs.items()) + ".")
-        beats = diffs["RED - vanilla"]["beyond_spread"] and diffs["RED - student+"]["beyond_spread"]
+        flags = [diffs["RED - vanilla"]["beyond_spread"], diffs["RED - student+"]["beyond_spread"]]
+        verdict = ("undefined: one seed has no spread" if None in flags else "**yes**" if all(flags) else "**no**")
         lines.append("- RED beats both vanilla and student+ by more than the seeds' spread (mean difference > its std): "
-                     + ("**yes**" if beats else "**no**") + ".")
+                     + verdict + ".")
     trend = red_loss_trend([summaries[f"red_s{s}"] for s in seeds])
     if trend:
         lines.append("- RED loss terms (training, mean over seeds), first -> last epoch: " + ", ".join(
