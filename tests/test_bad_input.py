@@ -197,6 +197,7 @@ TRAIN_ROWS = [
     row("train tiny.yaml run.device=tpu --out out", "run.device must be auto, cpu, cuda or cuda:N", "'tpu'"),
     row("train tiny.yaml run.device=cuda:99 --out out", "run.device is cuda:99"),
     row("train tiny.yaml --out RUN", "already exists", "--resume"),
+    row("train tiny.yaml --resume --out no_such_run", "nothing to resume", "drop --resume"),
     row("train tiny.yaml --bogus", "unrecognized arguments: --bogus"),
     # an unwritable --out, and model and data that do not fit each other
     row("train tiny.yaml --out plain.txt/run", "plain.txt"),
