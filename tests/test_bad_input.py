@@ -256,7 +256,7 @@ DERIVE_ROWS = [
     row("derive nosuchnet --input 1x3x32x32 --factor 2", "unknown model 'nosuchnet'"),
     row("derive cifar_resnet8 --input 1x3x0x32 --factor 2", "--input '1x3x0x32'"),
     row("derive fac.py:boom --input 1x3x32x32 --factor 2", "factory 'fac.py:boom' raised ValueError"),
-    row("derive EXPORT --input 1x1x8x8 --factor 2", "cannot find stride slots"),
+    row("derive EXPORT --input 1x1x8x8 --factor 3", "power of two"),
 ]
 
 LAYERS_ROWS = [
