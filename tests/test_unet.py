@@ -8,12 +8,14 @@ import torch
 import torch.nn as nn
 import yaml
 
+from redistill.artifact import ExportSpec, write_export
 from redistill.distill import auto_pairs
 from redistill.distill.hooks import capture
 from redistill.distill.red_method import REDMethod
 from redistill.errors import UserError
 from redistill.flops import count_flops
 from redistill.memory import analyze_memory
+from redistill.modelref import resolve_model
 from redistill.models import build_family, derive_student, list_models
 from redistill.plan import derive_for
 from redistill.models.unet import Downsample, ResBlock, Upsample
@@ -217,3 +219,15 @@ def test_derive_for_a_budget_on_the_unet():
     result = derive_for(teacher, (1, 3, 32, 32), budget="100KiB", convention="layer")
     assert result.factor == 2 and [c[0] for c in result.changed] == ["head", "downblocks.8"]
     assert result.ratio("layer") > 3.9
+
+
+def test_export_round_trip_keeps_a_diffusion_model_without_classes(tmp_path):
+    model, info = build_family(TINY)
+    spec = ExportSpec(model=info.spec, num_classes=None, in_channels=3, input_shape=[1, 3, 32, 32])
+    folder = write_export(tmp_path / "unet", model, spec)
+    again, again_info = resolve_model(str(folder))
+    assert again_info.task == "diffusion" and again_info.num_classes is None
+    assert again_info.input_shape == (1, 3, 32, 32)
+    x, t = _batch()
+    with torch.no_grad():
+        assert torch.equal(again(x, t), model.eval()(x, t))
