@@ -16,7 +16,7 @@ from redistill.errors import UserError
 from redistill.flops import count_flops
 from redistill.memory import analyze_memory
 from redistill.modelref import resolve_model
-from redistill.models import build_family, derive_student, list_models
+from redistill.models import build_family, derive_student, list_models, spec_string
 from redistill.plan import derive_for
 from redistill.models.unet import Downsample, ResBlock, Upsample
 
@@ -231,3 +231,11 @@ def test_export_round_trip_keeps_a_diffusion_model_without_classes(tmp_path):
     x, t = _batch()
     with torch.no_grad():
         assert torch.equal(again(x, t), model.eval()(x, t))
+
+
+@pytest.mark.parametrize("spec", [TINY, "ddpm_unet:ch=8:attn=:dropout=0.0:ch_mult=1,2", "ddpm_unet"])
+def test_spec_string_rebuilds_the_same_network(spec):
+    _, info = build_family(spec)
+    text = spec_string(info.spec)
+    assert text.startswith("ddpm_unet:strides=")
+    assert build_family(text).info == info
