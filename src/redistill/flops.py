@@ -8,13 +8,16 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from redistill.util import model_inputs
+
 
 def count_flops(model: nn.Module, input: Sequence[int] | torch.Tensor) -> int:
     """FLOPs of one eval-mode forward pass (a multiply-add counts as 2 FLOPs).
 
     Args:
         model: the network; its train/eval mode is restored afterwards.
-        input: an input tensor, or its shape (a zero tensor on the model's device is used).
+        input: an input tensor, or its shape (a zero tensor on the model's device is used); the
+            other inputs the model declares (a UNet's timestep) are added, see ``util.model_inputs``.
     Returns:
         Total FLOPs as counted by ``FlopCounterMode`` (convs, matmuls; element-wise ops are free).
     """
@@ -25,7 +28,7 @@ def count_flops(model: nn.Module, input: Sequence[int] | torch.Tensor) -> int:
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+            model(*model_inputs(model, x))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
