@@ -169,6 +169,8 @@ TRAIN_ROWS = [
     row("train tiny.yaml schedule.name=multistep", "needs schedule.milestones"),
     row("train tiny.yaml distill.pairs=bogus", "'distill.pairs'", "'auto'"),
     row("train tiny.yaml distill.method=red", "needs model.teacher"),
+    row("train tiny.yaml model.student=cifar_resnet8:strides=2,1,1,2 distill.method=red model.teacher_checkpoint=RUN " + "'distill.options={red: {gate_kernel: \"3\"}}' --out out", "gate_kernel must be an odd integer"),
+    row("train tiny.yaml model.student=cifar_resnet8:strides=2,1,1,2 distill.method=red model.teacher_checkpoint=RUN " + "'distill.options={red: {shortcut: \"no\"}}' --out out", "shortcut must be true or false"),
     # overrides
     row("train tiny.yaml optim.lr", "override 'optim.lr' is not key=value"),
     row("train tiny.yaml =3", "is not key=value"),
