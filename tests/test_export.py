@@ -161,3 +161,22 @@ def test_explicit_last_checkpoint_does_not_fall_back_to_best(red_run, tmp_path):
     (tmp_path / "nolast" / "last.pt").unlink()
     with pytest.raises(UserError, match="last.pt does not exist; use --checkpoint best"):
         export_run(tmp_path / "nolast", tmp_path / "e", "last")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s["surgery"]["red"][0].pop("layer"), "needs 'layer'"),
+    (lambda s: s["surgery"]["red"][0].update(layer=1), "needs 'layer'"),
+    (lambda s: s["surgery"]["red"][0].update(channels="x"), "positive integer channel count"),
+    (lambda s: s["surgery"]["red"][0].update(gate_kernel="3"), "gate_kernel must be an odd integer"),
+    (lambda s: s.update(input_shape=5), "input_shape must be four positive integers"),
+    (lambda s: s.update(surgery={"red": 3}), "surgery must map each method"),
+])
+def test_a_hand_edited_export_spec_is_one_clear_error(red_run, tmp_path, edit, words):
+    root, _ = red_run
+    out = export_run(root / "red", tmp_path / "exp")
+    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    assert spec["surgery"]["red"], "the RED run's export records its blocks"
+    edit(spec)
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match=words):
+        load_export(out)

@@ -99,6 +99,13 @@ def read_export_spec(path: Union[str, Path]) -> tuple[ExportSpec, Path]:
         raise UserError(f"{spec_path} lacks {', '.join(missing)}")
     if not isinstance(data["model"], dict):
         raise UserError(f"{spec_path}: 'model' must be a spec mapping, got {type(data['model']).__name__}")
+    shape = data.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 4
+                                  and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise UserError(f"{spec_path}: input_shape must be four positive integers [N, C, H, W], got {shape!r}")
+    surgery = data.get("surgery") or {}
+    if not isinstance(surgery, dict) or not all(isinstance(v, list) for v in surgery.values()):
+        raise UserError(f"{spec_path}: surgery must map each method to a list of entries, got {surgery!r}")
     fields_ = {k: data[k] for k in ExportSpec.__dataclass_fields__ if k in data}
     return ExportSpec(**fields_), folder
 

@@ -62,8 +62,8 @@ class REDBlock(nn.Module):
                 raise UserError(f"RED option {name} must be true or false, got {value!r}")
         if not (gate or encoder):
             raise UserError("a RED block needs its gate or its encoder: gate=false and encoder=false leave nothing")
-        if channels < 1:
-            raise ValueError(f"REDBlock needs a positive channel count, got {channels}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise UserError(f"a RED block needs a positive integer channel count, got {channels!r}")
         self.channels = int(channels)
         self.shortcut = bool(shortcut)
         self.gate = nn.Sequential(*_conv_bn(channels, gate_kernel, "gate")) if gate else None
@@ -199,6 +199,10 @@ def red_layout(model: nn.Module) -> list[dict]:
 
 def apply_red_layout(model: nn.Module, layout: Sequence[dict]) -> nn.Module:
     """Redo the surgery described by :func:`red_layout` on ``model`` (in place); returns it."""
+    for entry in layout:  # read from artifacts: check the shape of each entry before using it
+        if not isinstance(entry, dict) or not isinstance(entry.get("layer"), str) or "side" not in entry \
+                or "channels" not in entry:
+            raise UserError(f"RED layout entry {entry!r} needs 'layer' (a name), 'side' and 'channels'")
     for entry in sorted(layout, key=lambda e: -e["layer"].count(".")):
         entry = dict(entry)
         insert_red(model, entry.pop("layer"), entry.pop("side"), channels=entry.pop("channels"), **entry)
