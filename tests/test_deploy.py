@@ -140,3 +140,24 @@ def test_deploy_writes_models_and_report(tmp_path):
     assert report.parity_fp32["top1_agreement"] == 100.0
     assert "| fp32 |" in (out / "report.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path):
+    from redistill.errors import UserError
+
+    (tmp_path / "bessel.py").write_text("import torch\nimport torch.nn as nn\n\n\nclass B(nn.Module):\n"
+                                        "    def forward(self, x):\n        return torch.special.bessel_j0(x).mean((2, 3))\n\n\n"
+                                        "def make(**kw):\n    return nn.Sequential(nn.Conv2d(3, 4, 1), B())\n")
+    with pytest.raises(UserError, match="op 'prims.bessel_j0' in module '1'"):
+        deploy(f"{tmp_path / 'bessel.py'}:make", DeployOptions(input="1x3x8x8", out=tmp_path / "out", quiet=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["bessel.py"]
+
+
+def test_existing_out_needs_overwrite(tmp_path):
+    from redistill.errors import UserError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        deploy("cifar_resnet8:width=4", DeployOptions(input="1x3x8x8", out=tmp_path / "out", quiet=True))
+    assert (tmp_path / "out" / "keep.txt").is_file()
