@@ -161,3 +161,20 @@ def test_existing_out_needs_overwrite(tmp_path):
     with pytest.raises(UserError, match="exists; pass --overwrite"):
         deploy("cifar_resnet8:width=4", DeployOptions(input="1x3x8x8", out=tmp_path / "out", quiet=True))
     assert (tmp_path / "out" / "keep.txt").is_file()
+
+
+def test_torchao_refuses_a_module_called_twice_by_name():
+    from redistill.deploy.quantize import quantize_torchao
+    from redistill.errors import UserError
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(UserError, match="module 'conv' is called more than once.*own module instance"):
+        quantize_torchao(Twice().eval(), (x,), [x])
