@@ -31,6 +31,9 @@ from redistill.train.export import load_run_model
 from redistill.util import parse_shape
 
 
+TORCHAO_TEST_IMAGES = 1000
+
+
 @dataclass
 class DeployOptions:
     """Settings of one deployment.
@@ -49,6 +52,7 @@ class DeployOptions:
         data_root: data set folder, if not where the run found it.
         trust_code: whether a run's model spec may import user code.
         name: model name in the report.
+        quiet: no progress lines.
     """
 
     input: str | tuple | None = None
@@ -246,9 +250,10 @@ def _deploy_into(work: Path, src: _Source, probe: torch.Tensor, example: torch.T
             try:
                 ao = quantize.quantize_torchao(folded.model, (example,), [c[None] for c in calib[:64]])
                 report.torchao = {"ok": True, "calib_images": min(64, len(calib))}
-                if src.test is not None:
-                    report.torchao["test_acc"] = _accuracy(_batch1(ao), src.test, opts.test_limit and min(opts.test_limit, 1000) or 1000)
-                    report.torchao["test_images"] = min(len(src.test), opts.test_limit or 1000)
+                if src.test is not None:  # the converted graph runs image by image: score a share of the split
+                    limit = min(TORCHAO_TEST_IMAGES, opts.test_limit or TORCHAO_TEST_IMAGES, len(src.test))
+                    report.torchao["test_acc"] = _accuracy(_batch1(ao), src.test, limit)
+                    report.torchao["test_images"] = limit
             except UserError as err:
                 report.torchao = {"ok": False, "error": str(err)}
     # 5. accuracy on the test split

@@ -57,11 +57,11 @@ def quantize_onnx(fp32: Path, out: Path, calib: Sequence[np.ndarray]) -> Path:
 
 
 def called_twice(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
-    """Leaf modules with parameters that one forward calls more than once."""
+    """Leaf modules that one forward calls more than once (a shared ``self.relu`` included)."""
     counts: dict[str, int] = {}
     handles = []
     for mname, mod in model.named_modules():
-        if not list(mod.children()) and any(True for _ in mod.parameters(recurse=False)):
+        if mname and not list(mod.children()):
             handles.append(mod.register_forward_pre_hook(
                 lambda _m, _a, n=mname: counts.__setitem__(n, counts.get(n, 0) + 1)))
     try:
@@ -79,8 +79,9 @@ def quantize_torchao(model: nn.Module, inputs: tuple[torch.Tensor, ...], calib: 
     Returns:
         The converted graph module (quantize/dequantize around int8 weights and activations).
     Raises:
-        UserError: a parameterised module is called twice in one forward (its observers would mix
-            two activation ranges), or torchao fails (its cause, one line).
+        UserError: a module is called twice in one forward (torchao annotates by module, so one
+            set of ranges would serve two activations and its pattern matcher refuses the partition),
+            or torchao fails (its cause, one line).
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
