@@ -92,8 +92,12 @@ def targets(rows: dict[str, dict]) -> dict:
             c = v["memory_comparison"]
             peaks[f"{name} {key}"] = {"relative_diff": c["relative_diff"], "within": c["within_tolerance"],
                                       "explained": bool(c["reasons"] or c["per_op"])}
+    for name, row in rows.items():
+        for key, v in row["variants"].items():
+            peaks[f"{name} {key}"]["tensors_within"] = abs(v["memory_comparison"]["tensor_relative_diff"]) <= PEAK_TOLERANCE
     out["measured_within_10pct_or_explained"] = {
         "per_model": peaks, "within_10pct": sum(p["within"] for p in peaks.values()), "of": len(peaks),
+        "tensors_within_10pct": sum(p["tensors_within"] for p in peaks.values()),
         "met": all(p["within"] or p["explained"] for p in peaks.values())}
     ratio = {key: rows["teacher"]["variants"][key]["measured_peak_bytes"] / rows["red"]["variants"][key]["measured_peak_bytes"]
              for key in rows["red"]["variants"]}
@@ -133,7 +137,8 @@ def plot(rows: dict[str, dict], path: Path) -> Path:
                 names.append(name)
         ax.scatter(xs, ys, marker=marker, label=key)
         for x, y, n in zip(xs, ys, names):
-            ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(f"{n} {key}", (x, y), textcoords="offset points",
+                        xytext=(4, 4) if key == "fp32" else (4, -12), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("measured peak activation memory, KiB (onnxruntime, batch 1)")
     ax.set_ylabel("test accuracy %")
@@ -161,10 +166,13 @@ def markdown(rows: dict[str, dict], tg: dict, settings: dict) -> str:
              + ", ".join(f"{k} {v:+.2f}" for k, v in t1["fp32_minus_int8_points"].items())
              + f" points (fp32 - int8): **{'met' if t1['met'] else 'not met'}**.",
              f"- measured onnxruntime peak within 10% of the analyzer's: {t2['within_10pct']} of {t2['of']} model/variant "
-             f"pairs; every other one explained per op in its report: **{'met (by explanation)' if t2['met'] and t2['within_10pct'] < t2['of'] else 'met' if t2['met'] else 'not met'}**.",
+             f"pairs (measured tensors alone, without kernel workspace: {t2['tensors_within_10pct']} of {t2['of']}); "
+             f"every other one explained per op in its report: **{'met (by explanation)' if t2['met'] and t2['within_10pct'] < t2['of'] else 'met' if t2['met'] else 'not met'}**.",
              "- deployed RED student's measured peak at least 4x below the teacher's: "
              + ", ".join(f"{k} {v:.2f}x" for k, v in t3["teacher_over_red_measured"].items())
-             + f": **{'met' if t3['met'] else 'not met'}**.", "",
+             + f": **{'met' if t3['met'] else 'not met'}**"
+             + ("" if t3["met"] else " (where not met, the student's im2col workspace, which the analyzer does not "
+                "count, dominates its measured peak)") + ".", "",
              "## Predicted vs measured, per model", ""]
     for name, row in rows.items():
         for key, v in row["variants"].items():
@@ -196,7 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-limit", type=int, help="score at most this many test images")
     parser.add_argument("--skip-torchvision", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rewrite", action="store_true", help="rewrite deploy.md/png from deploy.json (no deploys)")
     args = parser.parse_args(argv)
+    if args.rewrite:
+        data = json.loads((args.out / "deploy.json").read_text())
+        data["targets"] = targets(data["rows"])
+        (args.out / "deploy.json").write_text(json.dumps(data, indent=2) + "\n")
+        plot(data["rows"], args.out / "deploy.png")
+        (args.out / "deploy.md").write_text(markdown(data["rows"], data["targets"], data["settings"]))
+        return 0
     runs = find_runs(args)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
