@@ -122,6 +122,7 @@ def test_measured_peak_of_a_conv_chain_is_worked_out_by_hand(tmp_path):
     path = export_onnx(model, (x,), tmp_path / "chain.onnx", dynamic_batch=False)
     measured = profile.measure_memory(path, x.numpy())
     assert [n.in_use for n in measured.nodes] == [8192, 24576, 20480]
+    assert [n.requested for n in measured.nodes] == [8192, 24576, 20480]
     assert measured.peak_bytes == measured.tensor_peak_bytes == 24576
     assert analyze_memory(model, x, convention="live").peak_bytes == 24576
 

@@ -2,8 +2,10 @@
 
 The measured peak comes from the profiler's per-node memory fields. With the arena on and the
 memory pattern off, every tensor is allocated from the arena when its node runs and returned when
-its last reader is done, so ``mem_bytes_in_use`` after a node is the bytes of live tensors and
-``mem_in_use_peak`` the highest it has been (kernel workspace such as im2col buffers included).
+its last reader is done, so ``mem_bytes_requested_in_use`` after a node is the bytes its live tensors asked for,
+``mem_bytes_in_use`` the arena chunks holding them (the arena hands out a whole free chunk when
+splitting it would leave a small remainder) and ``mem_in_use_peak`` the highest in-use has been
+(kernel workspace such as im2col buffers included).
 What was in use before the first node (initializer copies, small constants) is subtracted. The
 input fed by the caller lives outside the arena and is not counted.
 """
@@ -54,7 +56,8 @@ class NodeMemory:
     index: int
     name: str
     op: str
-    in_use: int
+    in_use: int  # arena chunks in use (a chunk can be larger than the tensor it holds)
+    requested: int  # bytes the live tensors asked for
     peak: int  # highest in-use while it ran (only known where it raised the running peak)
     outputs: list = field(default_factory=list)  # [(element type, shape)]
 
@@ -64,7 +67,7 @@ class MeasuredMemory:
     """The onnxruntime arena over one run."""
 
     peak_bytes: int  # highest in-use, kernel workspace included, minus ``base_bytes``
-    tensor_peak_bytes: int  # highest in-use at a node boundary (live tensors only)
+    tensor_peak_bytes: int  # highest bytes requested by live tensors at a node boundary
     base_bytes: int  # in use before the first node
     peak_node: str
     nodes: list[NodeMemory]
@@ -82,6 +85,7 @@ def measure_memory(path: Path, x: np.ndarray) -> MeasuredMemory:
         raise RuntimeError("onnxruntime's profile has no memory fields (a build without memory profiling)")
     first = kernels[0]["args"]
     base = int(first["mem_bytes_in_use"]) - int(first["mem_in_use_delta"])
+    base_req = int(first["mem_bytes_requested_in_use"]) - int(first["mem_requested_in_use_delta"])
     nodes, running = [], base
     for i, e in enumerate(kernels):
         a = e["args"]
@@ -90,9 +94,10 @@ def measure_memory(path: Path, x: np.ndarray) -> MeasuredMemory:
         running = max(running, peak)
         outputs = [(k, v) for d in a.get("output_type_shape", []) for k, v in d.items()]
         nodes.append(NodeMemory(i, e["name"].removesuffix("_kernel_time"), a["op_name"],
-                                int(a["mem_bytes_in_use"]) - base, own - base, outputs))
+                                int(a["mem_bytes_in_use"]) - base, int(a["mem_bytes_requested_in_use"]) - base_req,
+                                own - base, outputs))
     peak_node = max(nodes, key=lambda n: n.peak)
-    return MeasuredMemory(peak_node.peak, max(n.in_use for n in nodes), base, peak_node.name, nodes)
+    return MeasuredMemory(peak_node.peak, max(n.requested for n in nodes), base, peak_node.name, nodes)
 
 
 @dataclass
