@@ -58,6 +58,10 @@ FILES = {
     "unknown_section.yaml": TINY + "trainer: {epochs: 3}\n",
     "fac.py": "def boom(**kw):\n    raise ValueError('bad width')\n\n\ndef needs(depth):\n    return None\n",
     "plain.txt": "not a directory\n",
+    "nockpt/config.yaml": TINY,  # a run directory whose training never wrote a checkpoint
+    "bessel.py": ("import torch\nimport torch.nn as nn\n\n\nclass Head(nn.Module):\n    def forward(self, x):\n"
+                  "        return torch.special.bessel_j0(x).mean((2, 3))\n\n\n"
+                  "def make(**kw):\n    return nn.Sequential(nn.Conv2d(3, 4, 1), Head())\n"),
     "empty.yaml": "",
 }
 BINARY = {"latin.yaml": b"model:\n  student: cifar_resnet8\noptim: {lr: 0.1}  # caf\xe9\n"}
@@ -312,8 +316,20 @@ DEMO_ROWS = [
     row("demo --out plain.txt/demo run.epochs=1", "plain.txt"),
 ]
 
+DEPLOY_ROWS = [
+    row("deploy nockpt --out d", "has no finished checkpoint (best.pt or last.pt)"),
+    row("deploy missing_run --out d", "unknown model 'missing_run'"),
+    row("deploy cifar_resnet8 --out d", "has no recorded input shape; pass --input"),
+    row("deploy bessel.py:make --input 1x3x8x8 --out d", "op 'prims.bessel_j0' in module '1'", "no ONNX translation"),
+    row("deploy RUN --calib 100000 --out d", "--calib 100000 is larger than the training split (58 images)"),
+    row("deploy RUN --calib 0 --out d", "--calib must be >= 1, got 0"),
+    row("deploy RUN --out RUN", "exists; pass --overwrite"),
+    row("deploy EXPORT --out plain.txt --overwrite", "cannot write plain.txt: it is a file"),
+    row("deploy cifar_resnet8 --input 1x3x0x8 --out d", "--input '1x3x0x8'"),
+]
+
 ROWS = (RANGE_ROWS + TRAIN_ROWS + MEMORY_ROWS + MODELS_ROWS + DERIVE_ROWS + LAYERS_ROWS + EVAL_ROWS + EXPORT_ROWS
-        + DEMO_ROWS)
+        + DEMO_ROWS + DEPLOY_ROWS)
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +346,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def scratch(tmp_path, monkeypatch, trained) -> Path:
     for name, text in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     for name, data in BINARY.items():
         (tmp_path / name).write_bytes(data)

@@ -49,10 +49,19 @@ def _write_configs(root: Path) -> Path:
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cdir = _write_configs(root)
-    opts = DemoOptions(out=root / "out", config_dir=cdir, progress=False)
+    opts = DemoOptions(out=root / "out", config_dir=cdir, progress=False, deploy_calib=32)
     statuses = []
     result = run_demo(opts, on_stage=lambda name, status: statuses.append((name, status)))
     return opts, result, statuses
+
+
+def test_demo_ends_by_deploying_the_red_student(demo_run):
+    opts, result, _ = demo_run
+    report = json.loads((Path(opts.out) / "deploy_red" / "report.json").read_text())
+    assert set(report["variants"]) == {"fp32", "int8"}
+    assert report["source"]["run_dir"] == str(Path(opts.out) / "red")
+    assert report["calibration"] == {"images": 32, "split": "train"}
+    assert "int8" in result.deploy_table and "measured peak" in result.deploy_table
 
 
 def test_demo_trains_three_runs_and_writes_report(demo_run):
@@ -138,10 +147,12 @@ def test_demo_cli_prints_table(demo_run, capsys):
     from redistill.cli.main import main
 
     opts, _, _ = demo_run
-    rc = main(["demo", "--out", str(opts.out), "--configs", str(opts.config_dir), "--no-progress"])
+    rc = main(["demo", "--out", str(opts.out), "--configs", str(opts.config_dir), "--no-progress",
+               "--deploy-calib", "32"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "peak live KiB" in out and "report:" in out
+    assert "deployed RED student" in out and "measured peak" in out
     assert out.count("reused") >= 3
 
 

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"redistill.artifact"},
     {"redistill.modelref"},
     {"redistill.train"},
+    {"redistill.deploy"},
     {"redistill.demo"},
     {"redistill.cli"},
     {"redistill.__main__"},

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from redistill import results as report
+from redistill.deploy import DeployOptions, deploy
+from redistill.deploy import table as deploy_table
 from redistill.errors import UserError
 from redistill.memory import analyze_memory, plot_reports
 from redistill.train import load_config, load_run_model, run_training
@@ -51,6 +53,9 @@ class DemoOptions:
         overwrite: retrain every run even when a finished one exists.
         progress: show progress bars (stage lines are always printed).
         threads: torch CPU threads (None: torch's default, all cores).
+        deploy: end by deploying the RED student (ONNX + int8, ``out/deploy_red``).
+        deploy_test_limit: test images the deployment scores (None: the whole test split).
+        deploy_calib: training images that calibrate int8.
     """
 
     out: Path = Path("demo_out")
@@ -59,6 +64,9 @@ class DemoOptions:
     overwrite: bool = False
     progress: bool = True
     threads: int | None = None
+    deploy: bool = True
+    deploy_test_limit: int | None = 2000
+    deploy_calib: int = 256
 
 
 @dataclass
@@ -73,6 +81,8 @@ class DemoResult:
     trained: list[str]
     gap_recovered: float | None
     seconds: float
+    deploy_table: str | None = None
+    deploy_dir: Path | None = None
 
 
 def _say(opts: DemoOptions, text: str) -> None:
@@ -316,6 +326,12 @@ def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], Non
     acc = {r.name: r.acc for r in rows}
     gap = report.gap_recovered(acc["teacher"], acc["vanilla"], acc["red"])
     path = write_report(out, rows, summaries, cfgs, plots, gap, statuses)
+    deployed = None
+    if opts.deploy:
+        _say(opts, f"deploying the RED student (BatchNorm folded, ONNX, int8) -> {out / 'deploy_red'} ...")
+        deployed = deploy(str(out / "red"), DeployOptions(
+            out=out / "deploy_red", overwrite=True, test_limit=opts.deploy_test_limit, calib=opts.deploy_calib, runs=20, torchao=False,
+            quiet=True, name="red"))
     return DemoResult(
         rows=rows,
         table=report.results_table(rows),
@@ -325,4 +341,6 @@ def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], Non
         trained=[n for n, s in statuses.items() if s != "reused"],
         gap_recovered=gap,
         seconds=time.perf_counter() - start,
+        deploy_table=None if deployed is None else deploy_table(deployed),
+        deploy_dir=None if deployed is None else Path(deployed.out_dir),
     )

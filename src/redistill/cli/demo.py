@@ -33,6 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--threads", type=int, default=None,
         help="torch CPU threads (default: all cores; 1 is faster on a machine busy with other jobs)",
     )
+    parser.add_argument("--deploy-calib", type=int, default=256, help="training images calibrating int8 (default 256)")
+    parser.add_argument("--no-deploy", action="store_true", help="skip deploying the RED student (ONNX + int8)")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value",
         help="config overrides applied to all three runs, e.g. run.epochs=2 data.subset=5000",
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         threads=args.threads,
+        deploy=not args.no_deploy,
+        deploy_calib=args.deploy_calib,
     )
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
@@ -63,5 +67,9 @@ def run(args: argparse.Namespace) -> int:
     print()
     if result.gap_recovered is not None:
         print(f"RED recovers {100 * result.gap_recovered:.0f}% of the teacher / vanilla-student accuracy gap.")
+    if result.deploy_table is not None:
+        print()
+        print(f"deployed RED student ({result.deploy_dir}/report.md):")
+        print(result.deploy_table)
     print(f"report: {result.report_path} ({result.seconds / 60:.1f} min; reused: {', '.join(result.reused) or 'none'})")
     return 0
