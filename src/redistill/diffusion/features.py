@@ -170,7 +170,7 @@ def train_fashion_net(
                 sched.step()
                 step += 1
                 if progress is not None:
-                    progress(step, steps, float(loss))
+                    progress(step, steps, loss.detach().item())
     net.eval()
     return net, accuracy(net, test_images, test_labels)
 
