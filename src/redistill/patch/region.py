@@ -89,7 +89,7 @@ def op_kind(trace: Trace, op: Op) -> str:
     acts = [v for v in op.inputs if is_activation(trace, v)]
     if not acts:
         return "const"
-    where = f"op {op.name.removeprefix('aten.')} in module '{op.module or '<root>'}'"
+    where = f"op {op.name.removeprefix('aten.').removesuffix('.default')} in module '{op.module or '<root>'}'"
     if op.name in _GLOBAL:
         raise UserError(f"cannot run patch-wise: {where} is a global pooling (reads the whole map); "
                         "choose a split point before it")
