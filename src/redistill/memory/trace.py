@@ -131,6 +131,14 @@ class _Tracer(TorchDispatchMode):
         self.vids[t] = vid
         return vid
 
+    def _alias_param_view(self, view: torch.Tensor, base_vid: int) -> None:
+        """A view of a parameter is a parameter: under FakeTensorMode its storage is the fake copy's,
+        not the parameter's, so it is bound to the parameter's storage here."""
+        base = self.trace.storages[self.trace.values[base_vid].sid]
+        st = view.untyped_storage()
+        if base.kind == "param" and st._cdata not in self.live:
+            self.live[st._cdata] = (base.sid, StorageWeakRef(st))
+
     def register_input(self, t: torch.Tensor) -> None:
         self.trace.input_vids.append(self._new_value(t, -1, "input"))
 
@@ -151,6 +159,8 @@ class _Tracer(TorchDispatchMode):
     # -- the mode ----------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.ops.prim.device.default:  # a metadata query (fake tensors ask it), not an op
+            return func(*args, **kwargs)
         index = len(self.trace.ops)
         self._reap(index)
         flat_in, _ = tree_flatten((args, kwargs))
@@ -169,6 +179,8 @@ class _Tracer(TorchDispatchMode):
             nonlocal in_place_of
             if not _is_tensor(x):
                 return x
+            if func.is_view and in_vids:
+                self._alias_param_view(x, in_vids[0])
             same = next((v for t, v in zip(in_tensors, in_vids) if t is x), None)
             if same is not None and name not in ADD_OPS:
                 # An in-place op returned its argument: same value, same buffer.
