@@ -165,7 +165,8 @@ def run_program(prog: PatchProgram, x: torch.Tensor) -> Any:
     xin = trace.input_vids[0]
     full_in = (0, x.shape[2], 0, x.shape[3])
     split = trace.values[cut.vid]
-    out_buf = torch.empty(split.shape, dtype=split.dtype, device=x.device)
+    # The prefix is batch-agnostic (convs, pools, element-wise); the suffix replays recorded shapes.
+    out_buf = torch.empty((x.shape[0], *split.shape[1:]), dtype=split.dtype, device=x.device)
     prefix = trace.ops[:cut.last + 1]
     drop = _last_reads(prefix)
     for tile, need in prog.tiles:
