@@ -23,10 +23,15 @@ from pathlib import Path
 import torch
 import torchvision
 
+from redistill.checkpoint import load_checkpoint
+from redistill.distill import apply_red_layout
+from redistill.errors import UserError
 from redistill.memory.liveness import plan_live
+from redistill.modelref import resolve_model
 from redistill.patch.executor import locate_split
 from redistill.patch.plan import evaluate, patch_model, prepare_model, search, trace_patched
 from redistill.train.data import build_datasets, eval_loader
+from redistill.train.config import load_config
 from redistill.train.export import load_run_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,10 +96,28 @@ def _accuracy(model, patched_plan, ds, data_cfg) -> tuple[float, float]:
     return 100 * plain_ok / total, 100 * patched_ok / total if patched_plan else float("nan")
 
 
+def _load_run(run: Path):
+    """``load_run_model``; runs written before checkpoints recorded ``surgery`` keep a ``red_layout``
+    instead, and get their RED blocks back from it."""
+    try:
+        model, cfg, _, _ = load_run_model(run)
+        return model, cfg
+    except UserError:
+        state = load_checkpoint(run / "best.pt")
+        if "red_layout" not in state:
+            raise
+    cfg = load_config(run / "config.yaml")
+    info = state["data_info"]
+    model, _ = resolve_model(cfg.model.student, num_classes=info["num_classes"], in_channels=info["in_channels"])
+    apply_red_layout(model, state["red_layout"])
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
+
+
 def fashion_mnist(runs: Path, repeats: int) -> list[dict]:
     rows = []
     for label, run in (("teacher", "teacher_s0"), ("RED x4 student", "red_s0")):
-        model, cfg, _, _ = load_run_model(runs / run)
+        model, cfg = _load_run(runs / run)
         shape = (1, 1, cfg.data.canvas, cfg.data.canvas)
         prep = prepare_model(model, shape)
         plan = search(prep, dtype="fp32")

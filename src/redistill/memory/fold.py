@@ -119,7 +119,11 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
     remap = lambda i: i if i < 0 else at_or_before[i]  # noqa: E731
     swap = lambda x: Ref(rename.get(x.vid, x.vid)) if isinstance(x, Ref) else x  # noqa: E731
     ops = []
+    renamed = set(rename)
     for op in kept:
+        if op.index not in new_args and renamed.isdisjoint(op.inputs) and renamed.isdisjoint(op.outputs):
+            ops.append(replace(op, index=new_index[op.index]))  # untouched by the folding
+            continue
         args = tree_map(swap, op.args)
         if op.index in new_args:
             w, b = new_args[op.index]

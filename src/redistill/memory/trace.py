@@ -98,12 +98,15 @@ class _Tracer(TorchDispatchMode):
         self.param_cdata = param_cdata
         self.vids = WeakIdKeyDictionary()  # tensor object -> vid
         self.live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage cdata -> (sid, weakref)
+        self.params: dict[int, int] = {}  # storage cdata -> sid of the model's own parameters and buffers
         self.module_stack: list[str] = [""]
 
     # -- bookkeeping -------------------------------------------------------
     def _storage_of(self, t: torch.Tensor, producer: int, kind: str) -> int:
         st = t.untyped_storage()
         key = st._cdata
+        if key in self.params:
+            return self.params[key]
         hit = self.live.get(key)
         if hit is not None:
             if not hit[1].expired():
@@ -121,7 +124,10 @@ class _Tracer(TorchDispatchMode):
             kind=kind,
             birth=producer,
         )
-        self.live[key] = (sid, StorageWeakRef(st))
+        if key in self.param_cdata:  # the model holds it for the whole forward: never reaped
+            self.params[key] = sid
+        else:
+            self.live[key] = (sid, StorageWeakRef(st))
         return sid
 
     def _new_value(self, t: torch.Tensor, producer: int, kind: str = "activation") -> int:
