@@ -87,8 +87,10 @@ def main() -> None:
     lines = ["# Analysis cost vs a plain forward (in process, CPU, 1 thread, median of "
              f"{args.repeats})", "",
              f"Target: the default analysis (BN folded from one trace) <= {TARGET}x a forward. "
-             f"**{'Met' if met else 'Not met'}** on every row below" + ("." if met else
-             f" (worst {max(r['analyze_x'] for r in timing):.2f}x)."), "",
+             + ("**Met** on every row below." if met else
+                f"**Not met**: {sum(r['analyze_x'] > TARGET for r in timing)} of {len(timing)} rows exceed it "
+                f"(worst {max(r['analyze_x'] for r in timing):.2f}x); the tracer's fixed per-op cost dominates "
+                "small inputs of models with many cheap ops. The machine was shared, so single rows are noisy."), "",
              "| model | px | forward (s) | analyze (s) | analyze / forward | fake (s) | fake / forward |",
              "|---|---|---|---|---|---|---|"]
     for r in timing:
