@@ -356,8 +356,25 @@ FID_ROWS = [
     row("fid-extractor --out missing/f.safetensors", "cannot write missing/f.safetensors"),
 ]
 
+PATCH_ROWS = [
+    row("patch cifar_resnet8 --input 1x3x16x16 --split layer9 --grid 2", "'layer9' is not a module", "did you mean"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --split avgpool --grid 1", "cannot run patch-wise",
+        "global pooling", "'avgpool'"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --split layer1 --grid 3", "grid 3 does not divide the 16x16",
+        "use one of 1, 2, 4"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --split layer1.0.conv1 --grid 2", "is not a cut", "skip connection"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --split layer1", "give --split and --grid together"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --split layer1 --grid 2 --budget 1KiB", "not both"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --budget 1B --repeats 0", "no patch plan meets the budget", "no plan can go below"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --budget lots", "lots"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --split layer1 --grid 0", "--grid must be >= 1, got 0"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --dtype fp64", "--dtype: invalid choice"),
+    row("patch cifar_resnet8 --input 1x3x16x16 --plot missing/p.png", "cannot write missing/p.png"),
+    row("patch nosuchnet", "unknown model 'nosuchnet'"),
+]
+
 ROWS = (RANGE_ROWS + TRAIN_ROWS + MEMORY_ROWS + MODELS_ROWS + DERIVE_ROWS + LAYERS_ROWS + EVAL_ROWS + EXPORT_ROWS
-        + DEMO_ROWS + DEPLOY_ROWS + FID_ROWS)
+        + DEMO_ROWS + DEPLOY_ROWS + FID_ROWS + PATCH_ROWS)
 
 
 def _fid_files(root: Path) -> None:

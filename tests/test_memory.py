@@ -238,3 +238,52 @@ def test_failure_names_module():
 
     with pytest.raises(UserError, match="module 'bad'"):
         analyze_memory(Broken(), (1, 3, 4, 4))
+
+
+# -- one trace for folding, and FakeTensorMode ----------------------------------------------
+def _figures(report) -> tuple:
+    return (report.peaks, report.peak_index, [(e.op, e.module, e.live_bytes, e.produced_bytes, e.layer)
+                                               for e in report.timeline], report.options["folded_pairs"])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "small_unet"])
+def test_fold_from_one_trace_equals_tracing_the_folded_model(name):
+    from redistill.memory.analyze import make_inputs
+    from redistill.memory.fold import fold_batchnorm, fold_trace, foldable_pairs
+    from redistill.memory.liveness import plan_eager, plan_live
+    from redistill.memory.trace import trace_model
+
+    model = SmallUNet().eval() if name == "small_unet" else tv(name)
+    x = make_inputs((1, 3, 64, 64))
+    trace, _ = trace_model(model, x)
+    pairs = foldable_pairs(trace, model)
+    assert pairs
+    twice, _ = trace_model(fold_batchnorm(model, pairs), x)
+    once = fold_trace(trace, model, pairs)
+    assert [(o.name, o.module) for o in once.ops] == [(o.name, o.module) for o in twice.ops]
+    assert once.module_spans == twice.module_spans
+    for elem in (4, 1):
+        for dw, add in [(False, False), (True, True)]:
+            assert plan_live(once, elem, dw, add).live == plan_live(twice, elem, dw, add).live
+        assert plan_eager(once, elem).live == plan_eager(twice, elem).live
+    from redistill.memory import replay
+    out = replay.replay(once, plan_live(once, 4), x, 4)  # the folded trace still runs, on the fused weights
+    assert out == plan_live(once, 4).live
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "small_unet"])
+def test_fake_analysis_equals_real(name):
+    model = SmallUNet().eval() if name == "small_unet" else tv(name)
+    for kw in [dict(), dict(dtype="int8", inplace_depthwise=True, inplace_add=True), dict(fold_bn=False)]:
+        real = analyze_memory(model, (1, 3, 64, 64), **kw)
+        fake = analyze_memory(model, (1, 3, 64, 64), fake=True, **kw)
+        assert _figures(fake) == _figures(real)
+
+
+def test_fake_analysis_plans_what_cannot_be_allocated():
+    # 1x3x8192x8192 through a 64-channel stem: 16 GiB of fp32 activations, planned without allocating them.
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 3, 3, padding=1)).eval()
+    report = analyze_memory(model, (1, 3, 8192, 8192), fake=True)
+    assert report.peaks["live"] == 8192 * 8192 * 4 * (64 + 64)  # the ReLU reads and writes 64 channels
+    with pytest.raises(UserError, match="drop --fake"):
+        analyze_memory(model, (1, 3, 8, 8), fake=True, measure=True)

@@ -21,7 +21,7 @@ from redistill.errors import UserError
 
 # Command modules, in the order `redistill --help` lists them.
 COMMANDS = [
-    "redistill.cli.memory",
+    "redistill.cli.memory", "redistill.cli.patch",
     "redistill.cli.models", "redistill.cli.derive",
     "redistill.cli.layers",
     "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export", "redistill.cli.deploy",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from redistill.errors import UserError
 from redistill.memory import liveness, replay
-from redistill.memory.fold import fold_batchnorm, foldable_pairs
+from redistill.memory.fold import fold_batchnorm, fold_trace, foldable_pairs
 from redistill.memory.report import MemoryReport, ModuleEntry, OpEntry
 from redistill.memory.trace import Trace, trace_model
 from redistill.util import model_inputs
@@ -19,17 +21,19 @@ DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 InputLike = Sequence[int] | torch.Tensor | tuple[torch.Tensor, ...]
 
 
-def make_inputs(input: InputLike, batch_size: int | None = None) -> tuple[torch.Tensor, ...]:
+def make_inputs(input: InputLike, batch_size: int | None = None,
+                fake_mode: FakeTensorMode | None = None) -> tuple[torch.Tensor, ...]:
     """Example input tensors from a shape (random, seeded) or tensors.
 
     Args:
         input: a shape like (1, 3, 224, 224) or (3, 224, 224), a tensor, or a tuple of tensors.
         batch_size: replaces the batch dimension of a shape (prepended to a 3-d shape).
+        fake_mode: make fake tensors of this ``FakeTensorMode`` instead (shapes only, nothing allocated).
     """
     if isinstance(input, torch.Tensor):
-        return (input,)
+        input = (input,)
     if isinstance(input, (tuple, list)) and input and all(isinstance(t, torch.Tensor) for t in input):
-        return tuple(input)
+        return tuple(fake_mode.from_tensor(t) for t in input) if fake_mode else tuple(input)
     shape = [int(s) for s in input]
     if any(s <= 0 for s in shape) or not shape:
         raise UserError(f"input shape {shape} must have positive sizes, e.g. 1x3x224x224")
@@ -37,26 +41,34 @@ def make_inputs(input: InputLike, batch_size: int | None = None) -> tuple[torch.
         shape = [batch_size or 1, *shape]
     elif batch_size is not None:
         shape[0] = batch_size
+    if fake_mode is not None:
+        with fake_mode:
+            return (torch.empty(shape),)
     gen = torch.Generator().manual_seed(0)
     return (torch.randn(shape, generator=gen),)
 
 
-def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool
-            ) -> tuple[nn.Module, Trace, int]:
-    """Trace the model in eval mode, BN folded into convs when asked (on a copy).
+def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool, folded_model: bool = True,
+            fake_mode: FakeTensorMode | None = None) -> tuple[nn.Module, Trace, int]:
+    """Trace the model once in eval mode, BN folded into convs when asked (the trace is folded
+    as the model would be; the model only on a copy, and only when ``folded_model``).
+    With ``fake_mode`` (the inputs' mode) the forward runs on fake tensors: shapes and
+    lifetimes, no activation is allocated.
 
     Returns:
-        The model that was traced (a folded copy, or the model itself), its trace and
-        the number of folded (conv, bn) pairs.
+        The folded copy (or the model itself: no pair, or ``folded_model`` False), the trace
+        of the folded model and the number of folded (conv, bn) pairs.
     """
     was_training = model.training
     model.eval()
     try:
-        trace, _ = trace_model(model, inputs)
+        with fake_mode if fake_mode is not None else contextlib.nullcontext():
+            trace, _ = trace_model(model, inputs)
         pairs = foldable_pairs(trace, model) if fold_bn else []
         if pairs:
-            model = fold_batchnorm(model, pairs)
-            trace, _ = trace_model(model, inputs)
+            trace = fold_trace(trace, model, pairs)
+            if folded_model:
+                model = fold_batchnorm(model, pairs)
     finally:
         if was_training:
             model.train()
@@ -74,6 +86,7 @@ def analyze_memory(
     inplace_depthwise: bool = False,
     inplace_add: bool = False,
     measure: bool = False,
+    fake: bool = False,
     name: str | None = None,
 ) -> MemoryReport:
     """Peak activation memory of ``model`` on ``input``.
@@ -89,6 +102,8 @@ def analyze_memory(
         inplace_depthwise: depthwise convs overwrite their input (+ one channel).
         inplace_add: element-wise adds overwrite a dying input.
         measure: also run the model for real and measure (adds ``report.measured``).
+        fake: analyse under ``FakeTensorMode``: the same shapes and lifetimes without allocating any
+            activation, so inputs too large for this machine can be planned (not with ``measure``).
         name: model name for the report.
     Returns:
         A :class:`MemoryReport`.
@@ -97,11 +112,14 @@ def analyze_memory(
         raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPE_SIZES)}")
     if convention not in liveness.CONVENTIONS:
         raise UserError(f"unknown convention '{convention}'; use one of {', '.join(liveness.CONVENTIONS)}")
+    if fake and measure:
+        raise UserError("--measure runs the model for real; drop --fake to measure")
     elem = DTYPE_SIZES[dtype]
-    inputs = make_inputs(input, batch_size)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+    inputs = make_inputs(input, batch_size, fake_mode)
     if len(inputs) == 1:  # a model that needs more than the image (a UNet's timestep) builds the rest
         inputs = model_inputs(model, inputs[0])
-    traced_model, trace, n_folded = prepare(model, inputs, fold_bn)
+    traced_model, trace, n_folded = prepare(model, inputs, fold_bn, folded_model=measure, fake_mode=fake_mode)
 
     live = liveness.plan_live(trace, elem, inplace_depthwise, inplace_add)
     eager = liveness.plan_eager(trace, elem)
@@ -128,7 +146,7 @@ def analyze_memory(
         input_shape=list(inputs[0].shape),
         dtype=dtype,
         convention=convention,
-        options={"fold_bn": fold_bn, "folded_pairs": n_folded,
+        options={"fold_bn": fold_bn, "folded_pairs": n_folded, "fake": fake,
                  "inplace_depthwise": inplace_depthwise, "inplace_add": inplace_add},
         peak_bytes=peaks[convention],
         peak_index=peak_index,

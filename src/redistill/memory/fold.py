@@ -1,13 +1,16 @@
-"""Fold eval-mode BatchNorm into the convolution that feeds it (the deployed form)."""
+"""Fold eval-mode BatchNorm into the convolution that feeds it (the deployed form): in the model
+(:func:`fold_batchnorm`) and, without running it again, in its trace (:func:`fold_trace`)."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
+from torch.utils._pytree import tree_flatten, tree_map
 
-from redistill.memory.trace import Trace
+from redistill.memory.trace import Ref, Storage, Trace, Value
 
 _BN_OPS = {"aten._native_batch_norm_legit_no_training.default", "aten.native_batch_norm.default"}
 
@@ -52,3 +55,100 @@ def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
         folded.set_submodule(conv_name, fused)
         folded.set_submodule(bn_name, nn.Identity())
     return folded.eval()
+
+
+def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> Trace:
+    """The trace ``fold_batchnorm(model, pairs)`` would give, derived from ``trace`` without a second run.
+
+    Each BN op is dropped, its readers read the conv output instead, and the conv reads the fused
+    weight and bias (computed as ``fuse_conv_bn_eval`` computes them). Op indices, births, eager
+    deaths and module spans are renumbered; the conv output's buffer lives as long as the BN
+    output did, as it does when the folded model runs.
+    """
+    modules = dict(model.named_modules())
+    bn_of = dict(pairs)
+    conv_ops = {op.module: op for op in trace.ops
+                if op.name == "aten.convolution.default" and op.module in bn_of}
+    drop: set[int] = set()
+    rename: dict[int, int] = {}  # BN output vid -> conv output vid
+    new_args: dict[int, tuple[int, int]] = {}  # conv op index -> (weight vid, bias vid)
+    values, storages, constants = dict(trace.values), dict(trace.storages), dict(trace.constants)
+    for op in trace.ops:
+        if op.name not in _BN_OPS or op.module not in bn_of.values():
+            continue
+        conv_name = next(c for c, b in pairs if b == op.module)
+        conv_op, conv, bn = conv_ops[conv_name], modules[conv_name], modules[op.module]
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                            bn.weight, bn.bias)
+        vids = []
+        for t in (weight.detach(), bias.detach()):
+            vid, sid = max(values) + 1, max(storages) + 1
+            storages[sid] = Storage(sid, t.untyped_storage().nbytes(), t.element_size(), True, "param", -1)
+            values[vid] = Value(vid, sid, tuple(t.shape), t.dtype, t.numel(), -1)
+            constants[vid] = t
+            vids.append(vid)
+        new_args[conv_op.index] = (vids[0], vids[1])
+        conv_out, bn_out = conv_op.outputs[0], op.outputs[0]
+        rename[bn_out] = conv_out
+        cs, bs = storages[values[conv_out].sid], storages[values[bn_out].sid]
+        deaths = [d for d in (cs.eager_death, bs.eager_death)]
+        storages[cs.sid] = replace(cs, eager_death=None if None in deaths else max(deaths))
+        values.pop(bn_out)
+        for vid, v in values.items():  # views and in-place results of the BN output
+            if v.sid == bs.sid:
+                values[vid] = replace(v, sid=cs.sid)
+        storages.pop(bs.sid, None)
+        drop.add(op.index)
+
+    # The BN module becomes an Identity: every op it ran goes (eval BN also allocates empty
+    # statistics tensors), with the values only those ops produced.
+    folded_bns = set(bn_of.values())
+    for op in trace.ops:
+        if op.module in folded_bns:
+            drop.add(op.index)
+            for v in op.outputs:
+                if v in values and v not in rename:
+                    storages.pop(values.pop(v).sid, None)
+    kept = [op for op in trace.ops if op.index not in drop]
+    new_index = {op.index: i for i, op in enumerate(kept)}
+    # An old index maps to the last kept op at or before it (a dropped op's effects end there).
+    at_or_before, last = [], -1
+    for i in range(len(trace.ops)):
+        last = new_index.get(i, last)
+        at_or_before.append(last)
+    remap = lambda i: i if i < 0 else at_or_before[i]  # noqa: E731
+    swap = lambda x: Ref(rename.get(x.vid, x.vid)) if isinstance(x, Ref) else x  # noqa: E731
+    ops = []
+    renamed = set(rename)
+    for op in kept:
+        if op.index not in new_args and renamed.isdisjoint(op.inputs) and renamed.isdisjoint(op.outputs):
+            ops.append(replace(op, index=new_index[op.index]))  # untouched by the folding
+            continue
+        args = tree_map(swap, op.args)
+        if op.index in new_args:
+            w, b = new_args[op.index]
+            args = (args[0], Ref(w), Ref(b), *args[3:])
+        inputs = list(dict.fromkeys(rename.get(v, v) for v in _refs(args) + _refs(op.kwargs)))
+        ops.append(replace(op, index=new_index[op.index], args=args, kwargs=tree_map(swap, op.kwargs),
+                           inputs=inputs, outputs=[rename.get(v, v) for v in op.outputs],
+                           out_tree=tree_map(swap, op.out_tree),
+                           in_place_of=None if op.in_place_of is None else rename.get(op.in_place_of, op.in_place_of)))
+    for vid, v in values.items():
+        values[vid] = replace(v, producer=remap(v.producer))
+    for sid, s in storages.items():
+        death = s.eager_death if s.eager_death is None else remap(s.eager_death)
+        storages[sid] = replace(s, birth=remap(s.birth), eager_death=death)
+    spans = []
+    for name, first, end in trace.module_spans:
+        start = next((new_index[i] for i in range(first, end + 1) if i in new_index), remap(end) + 1)
+        spans.append((name, start, remap(end) if end >= 0 else end))
+    types = dict(trace.module_types)
+    types.update({bn: "Identity" for _, bn in pairs})
+    return Trace(ops=ops, values=values, storages=storages, input_vids=list(trace.input_vids),
+                 output_vids=[rename.get(v, v) for v in trace.output_vids], constants=constants,
+                 module_types=types, module_spans=spans)
+
+
+def _refs(tree) -> list[int]:
+    flat, _ = tree_flatten(tree)
+    return [x.vid for x in flat if isinstance(x, Ref)]

@@ -98,12 +98,15 @@ class _Tracer(TorchDispatchMode):
         self.param_cdata = param_cdata
         self.vids = WeakIdKeyDictionary()  # tensor object -> vid
         self.live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage cdata -> (sid, weakref)
+        self.params: dict[int, int] = {}  # storage cdata -> sid of the model's own parameters and buffers
         self.module_stack: list[str] = [""]
 
     # -- bookkeeping -------------------------------------------------------
     def _storage_of(self, t: torch.Tensor, producer: int, kind: str) -> int:
         st = t.untyped_storage()
         key = st._cdata
+        if key in self.params:
+            return self.params[key]
         hit = self.live.get(key)
         if hit is not None:
             if not hit[1].expired():
@@ -121,7 +124,10 @@ class _Tracer(TorchDispatchMode):
             kind=kind,
             birth=producer,
         )
-        self.live[key] = (sid, StorageWeakRef(st))
+        if key in self.param_cdata:  # the model holds it for the whole forward: never reaped
+            self.params[key] = sid
+        else:
+            self.live[key] = (sid, StorageWeakRef(st))
         return sid
 
     def _new_value(self, t: torch.Tensor, producer: int, kind: str = "activation") -> int:
@@ -130,6 +136,14 @@ class _Tracer(TorchDispatchMode):
         self.trace.values[vid] = Value(vid, sid, tuple(t.shape), t.dtype, t.numel(), producer)
         self.vids[t] = vid
         return vid
+
+    def _alias_param_view(self, view: torch.Tensor, base_vid: int) -> None:
+        """A view of a parameter is a parameter: under FakeTensorMode its storage is the fake copy's,
+        not the parameter's, so it is bound to the parameter's storage here."""
+        base = self.trace.storages[self.trace.values[base_vid].sid]
+        st = view.untyped_storage()
+        if base.kind == "param" and st._cdata not in self.live:
+            self.live[st._cdata] = (base.sid, StorageWeakRef(st))
 
     def register_input(self, t: torch.Tensor) -> None:
         self.trace.input_vids.append(self._new_value(t, -1, "input"))
@@ -151,6 +165,8 @@ class _Tracer(TorchDispatchMode):
     # -- the mode ----------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.ops.prim.device.default:  # a metadata query (fake tensors ask it), not an op
+            return func(*args, **kwargs)
         index = len(self.trace.ops)
         self._reap(index)
         flat_in, _ = tree_flatten((args, kwargs))
@@ -169,6 +185,8 @@ class _Tracer(TorchDispatchMode):
             nonlocal in_place_of
             if not _is_tensor(x):
                 return x
+            if func.is_view and in_vids:
+                self._alias_param_view(x, in_vids[0])
             same = next((v for t, v in zip(in_tensors, in_vids) if t is x), None)
             if same is not None and name not in ADD_OPS:
                 # An in-place op returned its argument: same value, same buffer.
