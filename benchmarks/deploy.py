@@ -10,20 +10,17 @@ parity only; nothing is downloaded) and are calibrated on random inputs. Writes
     python benchmarks/deploy.py --runs /path/to/protocol_runs        # holds teacher_s0, vanilla_s0, red_s0
     python benchmarks/deploy.py --teacher T --vanilla V --red R      # three run directories
 
-Run directories are read, never written: they are copied into a scratch folder first (checkpoints of
-older redistill versions that stored the RED layout as ``red_layout`` are converted there).
+Run directories are read, never written (deploy writes into a scratch folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -52,22 +49,6 @@ def find_runs(args) -> dict[str, Path]:
     if missing:
         sys.exit(f"deploy.py: no run directory for {', '.join(missing)}; give --runs DIR or --{missing[0]} DIR")
     return {r: Path(p) for r, p in runs.items()}
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    """The files deploy reads, copied; an older checkpoint's ``red_layout`` becomes ``surgery``."""
-    dst.mkdir(parents=True)
-    for name in ("config.yaml", "best.pt", "last.pt", "summary.json"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-    for ckpt in dst.glob("*.pt"):
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if "red_layout" in state:
-            layout = state.pop("red_layout")
-            if layout:
-                state["surgery"] = {"red": layout}
-            torch.save(state, ckpt)
-    return dst
 
 
 def row_of(name: str, report) -> dict:
@@ -218,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for role, src in runs.items():
-            run = copy_run(src, tmp / "runs" / role)
             print(f"[deploy] {role}: {src}", flush=True)
-            rep = deploy(str(run), DeployOptions(out=tmp / "out" / role, calib=args.calib, runs=args.latency_runs,
+            rep = deploy(str(src), DeployOptions(out=tmp / "out" / role, calib=args.calib, runs=args.latency_runs,
                                                  threads=args.threads, test_limit=args.test_limit, name=role, quiet=True))
             rows[role] = row_of(role, rep)
         if not args.skip_torchvision:

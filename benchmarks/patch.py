@@ -23,15 +23,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from redistill.checkpoint import load_checkpoint
-from redistill.distill import apply_red_layout
-from redistill.errors import UserError
 from redistill.memory.liveness import plan_live
-from redistill.modelref import resolve_model
 from redistill.patch.executor import locate_split
 from redistill.patch.plan import evaluate, patch_model, prepare_model, search, trace_patched
 from redistill.train.data import build_datasets, eval_loader
-from redistill.train.config import load_config
 from redistill.train.export import load_run_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,21 +92,8 @@ def _accuracy(model, patched_plan, ds, data_cfg) -> tuple[float, float]:
 
 
 def _load_run(run: Path):
-    """``load_run_model``; runs written before checkpoints recorded ``surgery`` keep a ``red_layout``
-    instead, and get their RED blocks back from it."""
-    try:
-        model, cfg, _, _ = load_run_model(run)
-        return model, cfg
-    except UserError:
-        state = load_checkpoint(run / "best.pt")
-        if "red_layout" not in state:
-            raise
-    cfg = load_config(run / "config.yaml")
-    info = state["data_info"]
-    model, _ = resolve_model(cfg.model.student, num_classes=info["num_classes"], in_channels=info["in_channels"])
-    apply_red_layout(model, state["red_layout"])
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
+    model, cfg, _, _ = load_run_model(run)
+    return model, cfg
 
 
 def fashion_mnist(runs: Path, repeats: int) -> list[dict]:

@@ -180,3 +180,19 @@ def test_a_hand_edited_export_spec_is_one_clear_error(red_run, tmp_path, edit, w
     (out / "spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(UserError, match=words):
         load_export(out)
+
+
+def test_a_checkpoint_from_before_surgery_records_gets_its_red_blocks(red_run, tmp_path):
+    """redistill 0.1 checkpoints stored the RED layout as ``red_layout``; they still load."""
+    import shutil
+
+    root, _ = red_run
+    shutil.copytree(root / "red", tmp_path / "old")
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(tmp_path / "old" / name, map_location="cpu", weights_only=True)
+        state["red_layout"] = state.pop("surgery")["red"]
+        torch.save(state, tmp_path / "old" / name)
+    old, _, _, _ = load_run_model(tmp_path / "old")
+    new, _, data, _ = load_run_model(root / "red")
+    x = torch.randn(2, data.in_channels, data.image_size, data.image_size)
+    assert torch.equal(old(x), new(x))

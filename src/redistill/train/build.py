@@ -117,6 +117,8 @@ def model_from_state(
             f"give that spec or leave the {what}'s spec out"
         )
     surgery = state.get("surgery") or {}
+    if not surgery and state.get("red_layout"):  # checkpoints of redistill 0.1 before `surgery`
+        surgery = {"red": state["red_layout"]}
     # A model built from an export already carries its blocks; the record then describes them.
     if surgery and surgery_of(model) != surgery:
         redo_surgery(model, surgery, source=source)
