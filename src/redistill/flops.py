@@ -9,23 +9,29 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def count_flops(model: nn.Module, input: Sequence[int] | torch.Tensor) -> int:
+def count_flops(model: nn.Module, input: Sequence[int] | torch.Tensor | tuple[torch.Tensor, ...]) -> int:
     """FLOPs of one eval-mode forward pass (a multiply-add counts as 2 FLOPs).
 
     Args:
         model: the network; its train/eval mode is restored afterwards.
-        input: an input tensor, or its shape (a zero tensor on the model's device is used).
+        input: an input tensor, a tuple of input tensors (a denoiser's image and timestep), or
+            the input's shape (a zero tensor on the model's device is used).
     Returns:
         Total FLOPs as counted by ``FlopCounterMode`` (convs, matmuls; element-wise ops are free).
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    x = input if isinstance(input, torch.Tensor) else torch.zeros(tuple(input), device=device)
+    if isinstance(input, torch.Tensor):
+        args: tuple = (input,)
+    elif isinstance(input, (tuple, list)) and input and all(isinstance(t, torch.Tensor) for t in input):
+        args = tuple(input)
+    else:
+        args = (torch.zeros(tuple(input), device=device),)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+            model(*args)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

@@ -17,13 +17,18 @@ from redistill.distill.hooks import capture
 from redistill.errors import UserError
 
 
-def _example(model: nn.Module, example_input) -> torch.Tensor:
+def _example(model: nn.Module, example_input) -> tuple[torch.Tensor, ...]:
+    """The forward's arguments for one image: a tensor, a tuple of tensors (a denoiser's image
+    and timestep) or a shape."""
     like = next(iter(model.parameters()), None)
     device = like.device if like is not None else torch.device("cpu")
     dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
     if isinstance(example_input, torch.Tensor):
-        return example_input[:1].to(device=device, dtype=dtype)  # shapes need one image only
-    return torch.zeros(tuple(example_input), device=device, dtype=dtype)
+        return (example_input[:1].to(device=device, dtype=dtype),)  # shapes need one image only
+    if isinstance(example_input, tuple) and example_input and all(isinstance(t, torch.Tensor) for t in example_input):
+        # Floating inputs take the model's dtype; integer ones (timesteps) stay integers.
+        return tuple(t[:1].to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for t in example_input)
+    return (torch.zeros(tuple(example_input), device=device, dtype=dtype),)
 
 
 class _eval_no_grad:
@@ -57,7 +62,7 @@ def probe_shapes(model: nn.Module, refs: Sequence[str], example_input, what: str
     """
     x = _example(model, example_input)
     with _eval_no_grad(model), capture(model, refs, what) as feats:
-        model(x)
+        model(*x)
     missing = [r for r in refs if r not in feats]
     if missing:
         raise UserError(f"layer '{missing[0]}' of the {what} is never called in forward; pick a layer that runs")
@@ -109,7 +114,7 @@ def _trace(model: nn.Module, example_input) -> tuple[_Call, list[_Call]]:
             handles.append(module.register_forward_pre_hook(pre(name)))
             handles.append(module.register_forward_hook(post(name)))
         with _eval_no_grad(model):
-            model(x)
+            model(*x)
     finally:
         for handle in handles:
             handle.remove()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
 import torch.nn as nn
 
 from redistill.artifact import is_export, load_export
@@ -146,9 +145,8 @@ def build_distiller(cfg: Config, info: DataInfo, task: Task, teacher: Optional[n
     student, student_info = build_model(cfg.model.student, cfg.model, info)
     method = None
     if cfg.distill.method is not None:
-        # Shapes are all setup needs; a private generator leaves the training RNG untouched.
-        gen = torch.Generator().manual_seed(0)
-        example = torch.randn(2, info.in_channels, info.image_size, info.image_size, generator=gen)
+        # Shapes are all setup needs (drawn from a private generator: the training RNG is untouched).
+        example = task.example_input(info.in_channels, info.image_size)
         options = dict(cfg.distill.options)
         if cfg.distill.pairs is not None:
             if "pairs" in options:

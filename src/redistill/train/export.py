@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from redistill.artifact import ExportSpec, is_export, load_export, read_export_spec, write_export
 from redistill.checkpoint import load_checkpoint
+from redistill.diffusion import ema_weights
 from redistill.distill import surgery_of
 from redistill.errors import UserError
 from redistill.train.build import checkpoint_file, model_from_state
@@ -31,7 +32,8 @@ def load_run_model(
         checkpoint: "best" (default; "last" when there is no best) or "last".
         trust_code: whether a model spec naming user code (``file.py:factory``) may be imported.
     Returns:
-        ``(model in eval mode, the run's config, its data description, the model's ModelInfo)``.
+        ``(model in eval mode, the run's config, its data description, the model's ModelInfo)``;
+        for a run that keeps an EMA of its weights (diffusion), the model holds the EMA weights.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -44,6 +46,8 @@ def load_run_model(
     if "data_info" not in state:
         raise UserError(f"checkpoint {path} lacks data_info; it was not written by this redistill")
     info = DataInfo(**state["data_info"])
+    if "ema" in state:  # a run that keeps an EMA ships the average, not the last training weights
+        state = {**state, "model": ema_weights(state["ema"])}
     model, model_info = model_from_state(cfg.model.student, cfg.model, info, state, path, trust_code=trust_code)
     return model, cfg, info, model_info
 
