@@ -24,7 +24,7 @@ COMMANDS = [
     "redistill.cli.memory",
     "redistill.cli.models", "redistill.cli.derive",
     "redistill.cli.layers",
-    "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export",
+    "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export", "redistill.cli.sample",
     "redistill.cli.demo",
 ]
 
