@@ -9,7 +9,10 @@ import torchvision
 import yaml
 
 from redistill.errors import UserError
-from redistill.models import build_family, create_model, is_model_spec, list_models, register_model
+from redistill.models import build_family, create_model, get_family, is_model_spec, list_models, register_model
+
+# Classifiers (model(x) -> logits); the diffusion UNet has its own tests in test_unet.py.
+CLASSIFIERS = [n for n in list_models() if get_family(n).task == "classification"]
 
 # Small inputs and widths keep the suite fast (the code paths are those of full width);
 # 32 px survives the default x32 reduction of the ImageNet layouts.
@@ -59,7 +62,7 @@ def test_registry_lists_every_family():
     assert names == sorted(names)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_forward_backward_every_parameter_gets_a_gradient(name):
     model = _build(name).train()
     x = torch.randn(_input_for(name))
@@ -70,7 +73,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     assert not missing, missing
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_feature_info_matches_real_shapes(name):
     model = _build(name).eval()
     x = torch.randn(_input_for(name))
@@ -84,7 +87,7 @@ def test_feature_info_matches_real_shapes(name):
 
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_build_family_returns_a_record_and_leaves_the_module_clean(name):
     model, info = build_family(name, num_classes=7)
     assert info.source == "redistill" and info.name == name and info.num_classes == 7
@@ -134,7 +137,7 @@ def test_yaml_spec_and_options_pass_through():
     assert create_model("resnet18:strides=2,2,1,2,2,2:num_classes=5").fc.out_features == 5
 
 
-@pytest.mark.parametrize("spec", ["resnext18-4-11221", "mobilenetv2:width=0.75", "cifar_resnet:depth=8"] + list_models())
+@pytest.mark.parametrize("spec", ["resnext18-4-11221", "mobilenetv2:width=0.75", "cifar_resnet:depth=8"] + CLASSIFIERS)
 def test_model_spec_round_trips_through_yaml(spec):
     model, info = build_family(spec, num_classes=3)
     text = yaml.safe_dump(info.spec)

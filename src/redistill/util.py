@@ -24,6 +24,17 @@ YAML_MAX_NODES = 100_000
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
+def model_inputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The positional inputs an example forward of ``model`` takes for the image batch ``x``.
+
+    A model whose forward needs more than the image (a diffusion UNet: ``model(x, t)``) says so
+    with a method ``example_extra_inputs(x) -> tuple of tensors``; every other model gets ``(x,)``.
+    Memory analysis, FLOP counts and layer probes build their inputs here, so a shape is enough.
+    """
+    extra = getattr(model, "example_extra_inputs", None)
+    return (x, *extra(x)) if callable(extra) else (x,)
+
+
 def parse_shape(text: str | tuple | list, what: str = "--input") -> tuple[int, int, int, int]:
     """``"1x3x224x224"`` -> (1, 3, 224, 224); ``"3x28x28"`` -> (1, 3, 28, 28).
 

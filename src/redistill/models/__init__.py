@@ -19,7 +19,7 @@ from redistill.models.registry import (
 )
 
 # Importing the family modules registers them.
-from redistill.models import cifar_resnet, mobilenet, resnet  # noqa: E402,F401  isort: skip
+from redistill.models import cifar_resnet, mobilenet, resnet, unet  # noqa: E402,F401  isort: skip
 from redistill.models.derive import as_built, derive_student, model_slots, plan_strides  # noqa: E402
 from redistill.models.tv_slots import create_torchvision, tv_info  # noqa: E402
 

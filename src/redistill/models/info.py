@@ -9,6 +9,8 @@ import torch.nn as nn
 
 # Where a model came from; see redistill.modelref for how a reference picks one.
 SOURCES = ("redistill", "torchvision", "factory", "export")
+# What a model computes: ``model(x) -> logits`` or ``model(x, t) -> predicted noise``.
+TASKS = ("classification", "diffusion")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class ModelInfo:
         input_shape: the (1, C, H, W) an export was trained on; None otherwise.
         surgery: method surgery recorded by an export (e.g. ``{"red": [...]}``); empty otherwise.
         resolved_as: how the reference was read, one line for the user (precedence shown).
+        task: "classification" (``model(x)`` returns logits) or "diffusion" (``model(x, t)``
+            returns the predicted noise, shaped like ``x``; ``num_classes`` is None).
     """
 
     source: str
@@ -40,10 +44,13 @@ class ModelInfo:
     input_shape: tuple[int, ...] | None = None
     surgery: dict[str, Any] = field(default_factory=dict)
     resolved_as: str = ""
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"ModelInfo.source must be one of {SOURCES}, got {self.source!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"ModelInfo.task must be one of {TASKS}, got {self.task!r}")
 
     def with_strides(self, strides: list[int] | tuple[int, ...]) -> ModelInfo:
         """The same record for the model with other strides (spec updated too)."""

@@ -10,6 +10,7 @@ A *spec* names a family and its stride slots. Accepted forms (all build the same
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,8 +22,12 @@ from redistill.errors import UserError, did_you_mean
 from redistill.models.info import Built, ModelInfo
 
 SPEC_FORMS = "'family', 'family-<stem>-<digits>' (e.g. resnext18-4-11221) or 'family:strides=8,1,1,2,2,1'"
-# Options every family accepts, besides its own.
+# Options every family of a task accepts, besides its own.
 COMMON_OPTIONS = {"num_classes": 1000, "in_channels": 3}
+TASK_OPTIONS = {"classification": COMMON_OPTIONS, "diffusion": {"in_channels": 3}}
+
+# (slots, default strides, drop order) of a family member, from its resolved options.
+Layout = tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,11 @@ class Family:
         slots: stride-slot module names, stem first.
         default_strides: one stride per slot.
         drop_order: slots that ``derive_student`` sets from 2 to 1 first (the authors' choice).
-        options: the family's own options and their defaults (besides num_classes/in_channels).
+        options: the family's own options and their defaults (besides the task's common ones).
         description: one line for ``redistill models``.
+        task: "classification" (``model(x) -> logits``) or "diffusion" (``model(x, t) -> noise``).
+        layout_fn: for families whose slot names depend on options (the UNet's depth), the
+            layout of a member from its options; ``slots`` etc. are then those of the defaults.
     """
 
     name: str
@@ -46,10 +54,18 @@ class Family:
     drop_order: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    task: str = "classification"
+    layout_fn: Callable[[Mapping[str, Any]], Layout] | None = None
 
     def all_options(self) -> dict[str, Any]:
         """Defaults of every option this family accepts (common ones included)."""
-        return {**COMMON_OPTIONS, **self.options}
+        return {**TASK_OPTIONS[self.task], **self.options}
+
+    def layout(self, options: Mapping[str, Any]) -> Layout:
+        """Slots, default strides and drop order of the member built with ``options``."""
+        if self.layout_fn is None:
+            return self.slots, self.default_strides, self.drop_order
+        return self.layout_fn(options)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -63,6 +79,8 @@ def register_model(
     drop_order: list[str] | tuple[str, ...],
     options: Mapping[str, Any] | None = None,
     description: str = "",
+    task: str = "classification",
+    layout: Callable[[Mapping[str, Any]], Layout] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a family builder under ``name``.
 
@@ -73,9 +91,13 @@ def register_model(
         drop_order: later slots ``derive_student`` sets to stride 1 first.
         options: the family's own options with their defaults.
         description: one line shown by ``redistill models``.
+        task: what the model computes, see :class:`Family`.
+        layout: slots/strides/drop order from the options, when they depend on them.
     Returns:
         The decorator (it returns the builder unchanged).
     """
+    if task not in TASK_OPTIONS:
+        raise ValueError(f"{name}: task must be one of {', '.join(TASK_OPTIONS)}, got {task!r}")
     if len(slots) != len(default_strides):
         raise ValueError(f"{name}: {len(slots)} slots but {len(default_strides)} default strides")
     if not set(drop_order) <= set(slots[1:]):
@@ -86,7 +108,7 @@ def register_model(
             raise ValueError(f"model family '{name}' is already registered")
         _FAMILIES[name] = Family(
             name, builder, tuple(slots), tuple(default_strides), tuple(drop_order),
-            dict(options or {}), description,
+            dict(options or {}), description, task, layout,
         )
         return builder
 
@@ -193,28 +215,29 @@ def spec_string(spec: dict[str, Any]) -> str:
     return f"{spec['name']}:strides={','.join(str(s) for s in spec['strides'])}"
 
 
-def check_strides(family: Family, strides: Any) -> list[int]:
-    """Validate a stride list for ``family``.
+def check_strides(family: Family, strides: Any, slots: tuple[str, ...] | None = None) -> list[int]:
+    """Validate a stride list for ``family`` (``slots``: the member's, default the family's).
 
     Raises:
         UserError: wrong length (naming the slots), a stem that is not a power of two,
             or a later slot other than 1 or 2.
     """
+    slots = family.slots if slots is None else slots
     if isinstance(strides, int):
         strides = [strides]
     try:
         strides = [int(s) for s in strides]
     except (TypeError, ValueError):
         raise UserError(f"{family.name}: strides must be integers, got {strides!r}") from None
-    if len(strides) != len(family.slots):
+    if len(strides) != len(slots):
         raise UserError(
-            f"{family.name} has {len(family.slots)} stride slots ({', '.join(family.slots)}) "
+            f"{family.name} has {len(slots)} stride slots ({', '.join(slots)}) "
             f"but {len(strides)} strides were given: {strides}"
         )
     stem = strides[0]
     if stem < 1 or stem & (stem - 1):
-        raise UserError(f"{family.name}: stem stride ({family.slots[0]}) must be a power of two, got {stem}")
-    for slot, s in zip(family.slots[1:], strides[1:]):
+        raise UserError(f"{family.name}: stem stride ({slots[0]}) must be a power of two, got {stem}")
+    for slot, s in zip(slots[1:], strides[1:]):
         if s not in (1, 2):
             raise UserError(f"{family.name}: slot {slot} takes stride 1 or 2 (only the stem takes 4/8), got {s}")
     return strides
@@ -236,7 +259,6 @@ def build_family(spec: str | Mapping[str, Any], **kwargs: Any) -> Built:
     parsed.update(kwargs)
     family = get_family(parsed.pop("name"))
     strides = parsed.pop("strides", None)
-    strides = check_strides(family, family.default_strides if strides is None else strides)
     accepted = family.all_options()
     unknown = [k for k in parsed if k not in accepted]
     if unknown:
@@ -244,16 +266,18 @@ def build_family(spec: str | Mapping[str, Any], **kwargs: Any) -> Built:
             f"{family.name} has no option '{unknown[0]}'{did_you_mean(unknown[0], accepted)}; "
             f"its options are strides, {', '.join(accepted)}"
         )
-    options = {**accepted, **parsed}
+    options = {**copy.deepcopy(accepted), **parsed}  # list defaults must not be shared with specs
     for key in ("width", "num_classes", "in_channels"):  # sizes every family reads the same way
         value = options.get(key)
         if key in options and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise UserError(f"{family.name}: option {key} must be > 0, got {value!r}")
+    slots, default_strides, drop_order = family.layout(options)
+    strides = check_strides(family, default_strides if strides is None else strides, slots)
     model = family.builder(strides=strides, **options)
     info = ModelInfo(
         source="redistill", name=family.name, spec={"name": family.name, "strides": list(strides), **options},
-        slots=family.slots, strides=tuple(strides), drop_order=family.drop_order,
-        num_classes=options["num_classes"], in_channels=options["in_channels"],
+        slots=slots, strides=tuple(strides), drop_order=drop_order,
+        num_classes=options.get("num_classes"), in_channels=options["in_channels"], task=family.task,
     )
     return Built(model, info)
 

@@ -1,0 +1,131 @@
+"""The DDPM UNet family: forward/backward, its record, the derived x2 student, bad options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from redistill.errors import UserError
+from redistill.models import build_family, derive_student, list_models
+from redistill.models.unet import Downsample, ResBlock, Upsample
+
+# Ho et al.'s layout at width 8: the reference list indices (downblocks.2/5/8, upblocks.3/7/11).
+TINY = "ddpm_unet:ch=8:ch_mult=1,2,2,2:num_res_blocks=2:attn=1:dropout=0.1"
+
+
+def _batch(n: int = 2, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, size, size, generator=gen), torch.randint(0, 1000, (n,), generator=gen)
+
+
+def test_registered_as_a_diffusion_family():
+    assert "ddpm_unet" in list_models()
+    model, info = build_family(TINY)
+    assert info.task == "diffusion" and info.num_classes is None and info.in_channels == 3
+    assert info.slots == ("head", "downblocks.2", "downblocks.5", "downblocks.8")
+    assert info.strides == (1, 2, 2, 2) and info.drop_order == ("downblocks.8", "downblocks.5", "downblocks.2")
+    assert all(isinstance(model.get_submodule(s), nn.Conv2d) for s in info.slots)
+    assert not any(hasattr(model, a) for a in ("_redistill_spec", "strides", "stride_slots", "input_shape"))
+
+
+@pytest.mark.parametrize("spec", [TINY, "ddpm_unet:ch=8:ch_mult=1,2:num_res_blocks=1:attn=0,1:dropout=0"])
+def test_forward_backward_every_parameter_gets_a_gradient(spec):
+    model = build_family(spec).module.train()
+    x, t = _batch()
+    out = model(x, t)
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+
+
+def test_output_depends_on_the_timestep_and_a_scalar_timestep_broadcasts():
+    model = build_family(TINY, dropout=0.0).module.eval()
+    for block in model.modules():  # blocks start as (almost) their skip: give them a real second conv
+        if isinstance(block, ResBlock):
+            nn.init.xavier_uniform_(block.conv2.weight)
+    x, _ = _batch()
+    with torch.no_grad():
+        a, b = model(x, torch.tensor([3, 3])), model(x, torch.tensor([900, 900]))
+        c = model(x, torch.tensor(3))
+    # Outputs start tiny (the output conv is initialised near zero), so compare relatively.
+    assert not torch.allclose(a, b, rtol=1e-3, atol=0) and torch.allclose(a, c, rtol=1e-6, atol=0)
+
+
+def test_depth_options_move_the_slots():
+    _, info = build_family("ddpm_unet:ch=8:ch_mult=1,2,2:num_res_blocks=1")
+    assert info.slots == ("head", "downblocks.1", "downblocks.3") and info.strides == (1, 2, 2)
+
+
+def test_spec_round_trips_through_yaml():
+    model, info = build_family(TINY)
+    rebuilt, again = build_family(yaml.safe_load(yaml.safe_dump(info.spec)))
+    assert again == info
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_derived_x2_student_moves_one_stride_into_the_head():
+    teacher = build_family(TINY)
+    student, info = derive_student(teacher, 2)
+    assert info.strides == (2, 2, 2, 1) and info.task == "diffusion"
+    assert student.head.stride == (2, 2)
+    last_down = student.get_submodule("downblocks.8")
+    assert isinstance(last_down, Downsample) and last_down.stride == (1, 1)
+    # The up-sample mirroring the last down-sample keeps the size; the others still double it.
+    ups = [m for m in student.upblocks if isinstance(m, Upsample)]
+    assert [u.factor for u in ups] == [1, 2, 2]
+    assert isinstance(student.tail.conv, nn.ConvTranspose2d) and student.tail.conv.stride == (2, 2)
+
+    x, t = _batch()
+    shapes = {}
+    hooks = [student.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape[-2:]))
+             for n in ("head", "downblocks.2", "downblocks.5", "downblocks.8", "upblocks.3", "upblocks.7",
+                       "upblocks.11")]
+    with torch.no_grad():
+        out = student.eval()(x, t)
+    for h in hooks:
+        h.remove()
+    assert out.shape == x.shape
+    assert {n: tuple(s) for n, s in shapes.items()} == {
+        "head": (16, 16), "downblocks.2": (8, 8), "downblocks.5": (4, 4), "downblocks.8": (4, 4),
+        "upblocks.3": (4, 4), "upblocks.7": (8, 8), "upblocks.11": (16, 16),
+    }
+    # Same parameter shapes as the teacher except the output conv, and the teacher's weights carried over.
+    t_state, s_state = teacher.module.state_dict(), student.state_dict()
+    differ = sorted(k for k in t_state if t_state[k].shape != s_state[k].shape)
+    assert differ == ["tail.conv.weight"]
+    assert torch.equal(s_state["downblocks.3.conv1.weight"], t_state["downblocks.3.conv1.weight"])
+
+
+def test_x4_and_x8_students_run_at_full_size():
+    teacher = build_family(TINY)
+    x, t = _batch(1)
+    for factor, strides in ((4, (4, 2, 1, 1)), (8, (8, 1, 1, 1))):
+        student, info = derive_student(teacher, factor)
+        assert info.strides == strides
+        with torch.no_grad():
+            assert student.eval()(x, t).shape == x.shape
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ddpm_unet:num_classes=10", "has no option 'num_classes'"),
+    ("ddpm_unet:ch=7", "ch must be an even integer"),
+    ("ddpm_unet:ch_mult=1,2:attn=2", "attn names levels"),
+    ("ddpm_unet:num_res_blocks=0", "num_res_blocks must be an integer >= 1"),
+    ("ddpm_unet:dropout=1.5", "dropout must be in [0, 1)"),
+    ("ddpm_unet:strides=1,2,2", "has 4 stride slots (head, downblocks.2"),
+    ("ddpm_unet:strides=1,2,3,2", "takes stride 1 or 2"),
+])
+def test_bad_options_are_user_errors(spec, message):
+    with pytest.raises(UserError) as err:
+        build_family(spec)
+    assert message in str(err.value)
+
+
+def test_input_size_not_divisible_by_the_reduction_is_a_user_error():
+    model = build_family(TINY).module.eval()
+    with pytest.raises(UserError, match="divisible by 8"):
+        model(torch.zeros(1, 3, 28, 28), torch.zeros(1, dtype=torch.long))
