@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"redistill.artifact"},
     {"redistill.modelref"},
     {"redistill.train"},
-    {"redistill.demo"},
+    {"redistill.demo", "redistill.demo_diffusion"},
     {"redistill.cli"},
     {"redistill.__main__"},
 ]

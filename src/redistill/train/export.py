@@ -10,10 +10,9 @@ import torch.nn as nn
 
 from redistill.artifact import ExportSpec, is_export, load_export, read_export_spec, write_export
 from redistill.checkpoint import load_checkpoint
-from redistill.diffusion import ema_weights
 from redistill.distill import surgery_of
 from redistill.errors import UserError
-from redistill.train.build import checkpoint_file, model_from_state
+from redistill.train.build import checkpoint_file, model_from_state, shipped_state
 from redistill.train.config import Config, load_config
 from redistill.train.data import DataInfo, build_datasets, eval_loader
 from redistill.train.task import ClassificationTask
@@ -46,9 +45,9 @@ def load_run_model(
     if "data_info" not in state:
         raise UserError(f"checkpoint {path} lacks data_info; it was not written by this redistill")
     info = DataInfo(**state["data_info"])
-    if "ema" in state:  # a run that keeps an EMA ships the average, not the last training weights
-        state = {**state, "model": ema_weights(state["ema"])}
-    model, model_info = model_from_state(cfg.model.student, cfg.model, info, state, path, trust_code=trust_code)
+    state = shipped_state(state)  # a run that keeps an EMA ships the average
+    model, model_info = model_from_state(cfg.model.student, cfg.model, info, state, path, trust_code=trust_code,
+                                         task=cfg.task)
     return model, cfg, info, model_info
 
 
