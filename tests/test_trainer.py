@@ -149,7 +149,7 @@ def test_a_teacher_spec_other_than_the_checkpoints_is_refused(teacher_run):
 
     # Other strides load the same weight shapes: only the spec check stops a wrong teacher.
     with pytest.raises(UserError, match=r"teacher cifar_resnet8:strides=1,2,2,2 is not the network .* trained as "
-                                        r"\(cifar_resnet8:strides=1,1,2,2\)"):
+                                        r"\(cifar_resnet8:strides=1,1,2,2:width=4\)"):
         teacher("cifar_resnet8:strides=1,2,2,2")
     assert teacher("cifar_resnet8:strides=1,1,2,2") is not None  # spelled differently, same network
 

@@ -1,4 +1,5 @@
-"""The DDPM UNet family: forward/backward, its record, the derived x2 student, bad options."""
+"""The DDPM UNet family: forward/backward, its record, the derived x2 student, bad options, the
+auto pairs on it, and the analyzers given only an image shape (the timestep is built for them)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import torch
 import torch.nn as nn
 import yaml
 
+from redistill.artifact import ExportSpec, write_export
+from redistill.distill import auto_pairs
+from redistill.distill.hooks import capture
+from redistill.distill.red_method import REDMethod
 from redistill.errors import UserError
-from redistill.models import build_family, derive_student, list_models
+from redistill.flops import count_flops
+from redistill.memory import analyze_memory
+from redistill.modelref import resolve_model
+from redistill.models import build_family, derive_student, list_models, spec_string
+from redistill.plan import derive_for
 from redistill.models.unet import Downsample, ResBlock, Upsample
 
 # Ho et al.'s layout at width 8: the reference list indices (downblocks.2/5/8, upblocks.3/7/11).
@@ -129,3 +138,104 @@ def test_input_size_not_divisible_by_the_reduction_is_a_user_error():
     model = build_family(TINY).module.eval()
     with pytest.raises(UserError, match="divisible by 8"):
         model(torch.zeros(1, 3, 28, 28), torch.zeros(1, dtype=torch.long))
+
+
+# The authors' six x2 pairs (student layer <-> teacher layer), with their sides: the head's output,
+# both sides of every student layer that still changes H x W, and the tail's input only.
+AUTHORS_X2 = [
+    ("head", "downblocks.2", "out"),
+    ("downblocks.2", "downblocks.5", "in"), ("downblocks.2", "downblocks.5", "out"),
+    ("downblocks.5", "downblocks.8", "in"), ("downblocks.5", "downblocks.8", "out"),
+    ("upblocks.7", "upblocks.3", "in"), ("upblocks.7", "upblocks.3", "out"),
+    ("upblocks.11", "upblocks.7", "in"), ("upblocks.11", "upblocks.7", "out"),
+    ("tail", "upblocks.11", "in"),
+]
+
+
+def test_auto_pairs_are_the_authors_six_x2_pairs():
+    teacher = build_family(TINY)
+    student = derive_student(teacher, 2)
+    pairs = auto_pairs(student.module, teacher.module, (1, 3, 32, 32))
+    assert [(p.student, p.teacher, p.side) for p in pairs] == AUTHORS_X2
+    assert len({p.student for p in pairs}) == 6
+
+
+def test_auto_pairs_follow_resolutions_not_names():
+    # One residual block per level moves every index; the rule finds the same six places.
+    teacher = build_family("ddpm_unet:ch=8:num_res_blocks=1:attn=")
+    student = derive_student(teacher, 2)
+    pairs = auto_pairs(student.module, teacher.module, (1, 3, 32, 32))
+    assert [(p.student, p.teacher, p.side) for p in pairs] == [
+        ("head", "downblocks.1", "out"),
+        ("downblocks.1", "downblocks.3", "in"), ("downblocks.1", "downblocks.3", "out"),
+        ("downblocks.3", "downblocks.5", "in"), ("downblocks.3", "downblocks.5", "out"),
+        ("upblocks.5", "upblocks.2", "in"), ("upblocks.5", "upblocks.2", "out"),
+        ("upblocks.8", "upblocks.5", "in"), ("upblocks.8", "upblocks.5", "out"),
+        ("tail", "upblocks.8", "in"),
+    ]
+
+
+def test_red_student_runs_with_two_inputs_and_every_pair_gives_a_loss():
+    teacher = build_family(TINY)
+    student = derive_student(teacher, 2).module
+    method = REDMethod()
+    method.setup(student, teacher.module, (1, 3, 32, 32))
+    x, t = _batch()
+    with capture(student, method.student_refs()) as fs, capture(teacher.module.eval(), method.teacher_refs()) as ft:
+        out = student.train()(x, t)
+        teacher.module(x, t)
+    terms = method(fs, ft, None, None, None)
+    assert out.shape == x.shape and len(terms) == 10
+    sum(terms.values()).backward()
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def _map_bytes(channels: int, size: int) -> int:
+    return channels * size * size * 4  # fp32
+
+
+def test_analyzer_builds_the_timestep_and_counts_the_decoder_peak():
+    # Without attention, the layer-convention peak is the first decoder block of level 0, at its
+    # conv1: the concatenated input (kept for the skip, 3 ch), its SiLU output (3 ch), the conv's
+    # output (ch) and the two encoder maps still waiting for later blocks (2 ch); plus the time
+    # embedding (4 ch floats).
+    ch = 8
+    teacher = build_family(f"ddpm_unet:ch={ch}:attn=")
+    student = derive_student(teacher, 2)
+    from_shape = analyze_memory(teacher.module, (1, 3, 32, 32), convention="layer")
+    x = torch.randn(1, 3, 32, 32)
+    explicit = analyze_memory(teacher.module, (x, torch.zeros(1, dtype=torch.long)), convention="layer")
+    assert from_shape.peaks == explicit.peaks
+    assert from_shape.peak_module == "upblocks.12.conv1"
+    assert from_shape.peaks["layer"] == 9 * _map_bytes(ch, 32) + 4 * ch * 4
+    small = analyze_memory(student.module, (1, 3, 32, 32), convention="layer")
+    assert small.peak_module == "upblocks.12.conv1"
+    assert small.peaks["layer"] == 9 * _map_bytes(ch, 16) + 4 * ch * 4
+    assert count_flops(teacher.module, (1, 3, 32, 32)) > count_flops(student.module, (1, 3, 32, 32)) > 0
+
+
+def test_derive_for_a_budget_on_the_unet():
+    teacher = build_family("ddpm_unet:ch=8:attn=")
+    result = derive_for(teacher, (1, 3, 32, 32), budget="100KiB", convention="layer")
+    assert result.factor == 2 and [c[0] for c in result.changed] == ["head", "downblocks.8"]
+    assert result.ratio("layer") > 3.9
+
+
+def test_export_round_trip_keeps_a_diffusion_model_without_classes(tmp_path):
+    model, info = build_family(TINY)
+    spec = ExportSpec(model=info.spec, num_classes=None, in_channels=3, input_shape=[1, 3, 32, 32])
+    folder = write_export(tmp_path / "unet", model, spec)
+    again, again_info = resolve_model(str(folder))
+    assert again_info.task == "diffusion" and again_info.num_classes is None
+    assert again_info.input_shape == (1, 3, 32, 32)
+    x, t = _batch()
+    with torch.no_grad():
+        assert torch.equal(again(x, t), model.eval()(x, t))
+
+
+@pytest.mark.parametrize("spec", [TINY, "ddpm_unet:ch=8:attn=:dropout=0.0:ch_mult=1,2", "ddpm_unet"])
+def test_spec_string_rebuilds_the_same_network(spec):
+    _, info = build_family(spec)
+    text = spec_string(info.spec)
+    assert text.startswith("ddpm_unet:strides=")
+    assert build_family(text).info == info

@@ -51,7 +51,7 @@ class ExportSpec:
     """
 
     model: dict[str, Any]
-    num_classes: int
+    num_classes: int | None  # None for a diffusion model
     in_channels: int
     input_shape: list[int]
     surgery: dict[str, list] = field(default_factory=dict)
@@ -116,7 +116,8 @@ def load_export(path: Union[str, Path]) -> Built:
             (the message names the keys).
     """
     spec, folder = read_export_spec(path)
-    kwargs = {"num_classes": spec.num_classes}
+    # A diffusion UNet has no classes (num_classes None), and its family takes no such option.
+    kwargs = {"num_classes": spec.num_classes} if spec.num_classes is not None else {}
     if spec.model.get("source") != "torchvision":
         kwargs["in_channels"] = spec.in_channels
     model, info = build_spec(spec.model, **kwargs)
@@ -133,7 +134,7 @@ def load_export(path: Union[str, Path]) -> Built:
         source="export", name=str(folder), spec=info.spec, slots=info.slots, strides=info.strides,
         drop_order=info.drop_order, num_classes=spec.num_classes, in_channels=spec.in_channels,
         input_shape=tuple(spec.input_shape), surgery=dict(spec.surgery),
-        resolved_as=f"{folder}: export of {info.label()}",
+        resolved_as=f"{folder}: export of {info.label()}", task=info.task,
     )
     return Built(model.eval(), info)
 

@@ -1,9 +1,11 @@
 """The pairing rule behind ``pairs: auto`` (docs/method.md s.5), from resolutions alone.
 
 The aggressive student stem gets an output-side RED matched with the first teacher layer whose
-output has the same H x W; every later student layer that still down-samples gets an input- and
-an output-side RED matched with the teacher's down-sampling layer with the same input and output
-H x W. Both layer tables come from one traced forward (:func:`redistill.distill.probe.layer_table`).
+output has the same H x W; every later student layer that still changes H x W (down- or, in a
+UNet, up-sampling) gets an input- and an output-side RED matched with the teacher's layer with
+the same input and output H x W. A layer whose output is the model's output (a UNet's tail) gets
+only the input side: its output is the prediction the task loss trains. Both layer tables come
+from one traced forward (:func:`redistill.distill.probe.layer_table`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ def auto_pairs(
 
     Args:
         student, teacher: the two models.
-        example_input: shape tuple (e.g. (1, 3, 128, 128)) or tensor.
+        example_input: shape tuple (e.g. (1, 3, 128, 128)), tensor, or tuple of input tensors.
         distance, alpha, red: set on every proposed pair.
     Returns:
-        The stem's output pair, then an input and an output pair for each later
-        student down-sampling layer, in call order.
+        The stem's output pair, then an input and an output pair for each later student layer
+        that changes H x W (input only for one that produces the model's output), in call order.
     Raises:
         UserError: the student does not down-sample, or a student layer has no teacher
             layer with the same resolutions (write the pairs by hand then).
@@ -59,5 +61,6 @@ def auto_pairs(
                 "list the pairs by hand (`redistill layers` shows both tables)"
             )
         pairs.append(Pair(unit.name, match.name, "in", **opts))
-        pairs.append(Pair(unit.name, match.name, "out", **opts))
+        if not unit.is_output:
+            pairs.append(Pair(unit.name, match.name, "out", **opts))
     return pairs

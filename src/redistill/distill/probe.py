@@ -15,20 +15,22 @@ import torch.nn as nn
 
 from redistill.distill.hooks import capture
 from redistill.errors import UserError
+from redistill.util import model_inputs
 
 
 def _example(model: nn.Module, example_input) -> tuple[torch.Tensor, ...]:
-    """The forward's arguments for one image: a tensor, a tuple of tensors (a denoiser's image
-    and timestep) or a shape."""
+    """One image's worth of inputs: from a shape, a tensor, or a tuple of tensors (image first)."""
     like = next(iter(model.parameters()), None)
     device = like.device if like is not None else torch.device("cpu")
     dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
+    if isinstance(example_input, (tuple, list)) and example_input and isinstance(example_input[0], torch.Tensor):
+        image, *rest = example_input
+        return (image[:1].to(device=device, dtype=dtype), *(r[:1].to(device) if r.dim() else r.to(device) for r in rest))
     if isinstance(example_input, torch.Tensor):
-        return (example_input[:1].to(device=device, dtype=dtype),)  # shapes need one image only
-    if isinstance(example_input, tuple) and example_input and all(isinstance(t, torch.Tensor) for t in example_input):
-        # Floating inputs take the model's dtype; integer ones (timesteps) stay integers.
-        return tuple(t[:1].to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for t in example_input)
-    return (torch.zeros(tuple(example_input), device=device, dtype=dtype),)
+        x = example_input[:1].to(device=device, dtype=dtype)  # shapes need one image only
+    else:
+        x = torch.zeros(tuple(example_input), device=device, dtype=dtype)
+    return model_inputs(model, x)  # a UNet's timestep, for instance
 
 
 class _eval_no_grad:
@@ -60,9 +62,9 @@ def probe_shapes(model: nn.Module, refs: Sequence[str], example_input, what: str
     Returns:
         ``{ref: shape}`` with batch size 1.
     """
-    x = _example(model, example_input)
+    inputs = _example(model, example_input)
     with _eval_no_grad(model), capture(model, refs, what) as feats:
-        model(*x)
+        model(*inputs)
     missing = [r for r in refs if r not in feats]
     if missing:
         raise UserError(f"layer '{missing[0]}' of the {what} is never called in forward; pick a layer that runs")
@@ -87,7 +89,7 @@ def _tensor(value) -> torch.Tensor | None:
 
 def _trace(model: nn.Module, example_input) -> tuple[_Call, list[_Call]]:
     """One forward recording every module call: (root call, first calls in start order)."""
-    x = _example(model, example_input)
+    inputs = _example(model, example_input)
     root_frame = _Call("<top>", None)
     stack = [root_frame]
     started: list[_Call] = []
@@ -114,7 +116,7 @@ def _trace(model: nn.Module, example_input) -> tuple[_Call, list[_Call]]:
             handles.append(module.register_forward_pre_hook(pre(name)))
             handles.append(module.register_forward_hook(post(name)))
         with _eval_no_grad(model):
-            model(*x)
+            model(*inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -171,6 +173,7 @@ class LayerInfo:
     in_shape: tuple[int, int, int]  # (C, H, W)
     out_shape: tuple[int, int, int]
     downsampling: bool = False
+    is_output: bool = False  # its output is the model's output (a UNet's tail)
 
     @property
     def in_hw(self) -> tuple[int, int]:
@@ -208,6 +211,7 @@ def layer_table(model: nn.Module, example_input) -> list[LayerInfo]:
                     tuple(call.inp.shape[1:]),
                     tuple(call.out.shape[1:]),
                     call.name in units,
+                    call.out is root.out,
                 )
             )
     return rows

@@ -12,6 +12,7 @@ from redistill.memory import liveness, replay
 from redistill.memory.fold import fold_batchnorm, foldable_pairs
 from redistill.memory.report import MemoryReport, ModuleEntry, OpEntry
 from redistill.memory.trace import Trace, trace_model
+from redistill.util import model_inputs
 
 DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -79,7 +80,8 @@ def analyze_memory(
 
     Args:
         model: any module; it is not modified (folding works on a copy).
-        input: example input: a shape or tensor(s).
+        input: example input: a shape or tensor(s); from an image alone, the other inputs a
+            model declares (:func:`redistill.util.model_inputs`, e.g. a UNet's timestep) are added.
         batch_size: batch size (default: the shape's, or 1).
         dtype: element size of activations: fp32 | fp16 | bf16 | int8 (1 byte).
         convention: live | eager | layer (see :mod:`redistill.memory.liveness`).
@@ -97,6 +99,8 @@ def analyze_memory(
         raise UserError(f"unknown convention '{convention}'; use one of {', '.join(liveness.CONVENTIONS)}")
     elem = DTYPE_SIZES[dtype]
     inputs = make_inputs(input, batch_size)
+    if len(inputs) == 1:  # a model that needs more than the image (a UNet's timestep) builds the rest
+        inputs = model_inputs(model, inputs[0])
     traced_model, trace, n_folded = prepare(model, inputs, fold_bn)
 
     live = liveness.plan_live(trace, elem, inplace_depthwise, inplace_add)

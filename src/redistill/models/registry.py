@@ -210,9 +210,23 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _option_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def spec_string(spec: dict[str, Any]) -> str:
-    """Command-line form of a project spec: ``resnet18:strides=8,1,1,2,2,1``."""
-    return f"{spec['name']}:strides={','.join(str(s) for s in spec['strides'])}"
+    """Command-line form of a project spec: ``resnet18:strides=8,1,1,2,2,1``, then every family
+    option that differs from its default (``ddpm_unet:strides=2,2,2,1:ch=8``); the task's common
+    options (``num_classes``, ``in_channels``) are left to the context, as on the command line.
+    """
+    text = f"{spec['name']}:strides={','.join(str(s) for s in spec['strides'])}"
+    family = _FAMILIES.get(spec["name"])
+    for key, default in (family.options.items() if family else ()):
+        if key in spec and spec[key] != default and key not in TASK_OPTIONS[family.task]:
+            text += f":{key}={_option_text(spec[key])}"
+    return text
 
 
 def check_strides(family: Family, strides: Any, slots: tuple[str, ...] | None = None) -> list[int]:

@@ -250,13 +250,17 @@ class DDPMUNet(nn.Module):
         ])
         # 2. Decoder: each residual block eats one skip; up-samples mirror the down-samples.
         self.upblocks = nn.ModuleList()
+        # Fixed at construction, not read from block types: RED surgery wraps blocks in place.
+        self.up_takes_skip: list[bool] = []
         for level in reversed(range(len(mults))):
             for _ in range(num_res_blocks + 1):
                 cout = ch * mults[level]
                 self.upblocks.append(ResBlock(now + skips.pop(), cout, tdim, dropout, level in attn_levels, groups))
+                self.up_takes_skip.append(True)
                 now = cout
             if level > 0:
                 self.upblocks.append(Upsample(now, strides[level]))
+                self.up_takes_skip.append(False)
         self.tail = Tail(now, in_channels, strides[0], groups)
 
     def example_extra_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -286,11 +290,8 @@ class DDPMUNet(nn.Module):
         for block in self.middleblocks:
             h = block(h, temb)
         # 3. Decoder: residual blocks take the latest skip concatenated on channels.
-        for block in self.upblocks:
-            if isinstance(block, Upsample):
-                h = block(h, temb)
-            else:
-                h = block(torch.cat([h, hs.pop()], dim=1), temb)
+        for block, takes_skip in zip(self.upblocks, self.up_takes_skip):
+            h = block(torch.cat([h, hs.pop()], dim=1) if takes_skip else h, temb)
         return self.tail(h)  # (B, C, H, W)
 
 
