@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"redistill", "redistill.errors"},
     {"redistill.util"},
     {"redistill.models", "redistill.memory", "redistill.flops", "redistill.checkpoint", "redistill.results"},
-    {"redistill.distill", "redistill.plan"},
+    {"redistill.distill", "redistill.plan", "redistill.diffusion"},
     {"redistill.artifact"},
     {"redistill.modelref"},
     {"redistill.train"},

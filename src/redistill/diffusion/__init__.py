@@ -1,0 +1,1 @@
+"""Diffusion: generative metrics (FID, KID, precision / recall) and their feature extractors."""
