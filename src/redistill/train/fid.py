@@ -30,6 +30,7 @@ from redistill.train.rundir import is_run_dir, write_atomic
 
 FASHION_REF = "fashion-mnist"
 DEFAULT_FEATURES = "fid_fashion_mnist.safetensors"
+BATCH, LR = 128, 2e-3  # the extractor's training batch and peak learning rate
 RUN_SAMPLES = "samples"  # a run directory's sample folder, as `redistill sample RUN_DIR --out RUN_DIR/samples` writes
 
 
@@ -74,24 +75,26 @@ def train_extractor(
     test_x, test_y = fashion_mnist_32("test", data_root)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    bar = tqdm(total=1, desc="feature extractor", unit="step", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=epochs * (len(train_x) // BATCH), desc="feature extractor", unit="step", disable=not progress,
+               file=sys.stderr)
 
     def report(step: int, total: int, loss: float) -> None:
-        bar.total = total
         bar.update(1)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
 
     start = time.perf_counter()
     try:
-        net, acc = train_fashion_net(train_x, train_y, test_x, test_y, epochs=epochs, seed=seed, progress=report)
+        net, acc = train_fashion_net(train_x, train_y, test_x, test_y, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
+                                     progress=report)
     finally:
         bar.close()
         torch.set_num_threads(threads)
     record = {
         "data": f"fashion-mnist train split ({len(train_x)} images, 28 px zero-padded to {SIDE})",
         "data_root": str(data_root) if data_root else None,
-        "epochs": epochs, "batch_size": 128, "seed": seed, "threads": 1,
+        "epochs": epochs, "batch_size": BATCH, "optimizer": f"Adam, one-cycle, peak lr {LR:g}",
+        "augment": "random shift of up to 2 px", "seed": seed, "threads": 1,
         "test_accuracy": acc, "test_images": len(test_x),
         "train_seconds": round(time.perf_counter() - start, 1),
         "torch": torch.__version__,
