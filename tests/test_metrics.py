@@ -91,6 +91,9 @@ def test_kid_is_seeded_and_leaves_the_global_generator_alone():
     other = feature_metrics(a, b, kid_subset_size=50, kid_subsets=10, seed=6)
     assert first["kid_mean"] == again["kid_mean"] and first["kid_std"] > 0
     assert other["kid_mean"] != first["kid_mean"]
+    # Small sets: subsets of half the set, so that they differ and the spread means something.
+    small = feature_metrics(a[:40], b[:30])
+    assert small["kid_subset_size"] == 15 and small["kid_std"] > 0
 
 
 def test_too_few_points_or_mismatched_features_are_refused():

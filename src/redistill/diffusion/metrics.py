@@ -177,8 +177,8 @@ def feature_metrics(
 ) -> dict[str, Any]:
     """FID, KID and precision / recall of two feature sets (N, D).
 
-    KID draws ``kid_subsets`` random subsets of ``min(kid_subset_size, N_real, N_fake)`` from each set
-    with ``seed`` (the global generator is left as it was).
+    KID draws ``kid_subsets`` random subsets of ``min(kid_subset_size, min(N_real, N_fake) // 2)`` from
+    each set with ``seed`` (the global generator is left as it was).
 
     Returns:
         ``{"fid", "kid_mean", "kid_std", "precision", "recall", "k", "kid_subsets", "kid_subset_size",
@@ -198,7 +198,8 @@ def feature_metrics(
     fid = FrechetInceptionDistance(feature=_Precomputed(dim))
     fid.update(real, real=True)
     fid.update(fake, real=False)
-    size = min(kid_subset_size, len(real), len(fake))
+    # Subsets as large as the sets would all be the same draw (a spread of 0): at most half of the smaller set.
+    size = max(2, min(kid_subset_size, min(len(real), len(fake)) // 2))
     with warnings.catch_warnings():  # its note that features are buffered: these are, by design
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
         kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=kid_subsets, subset_size=size)
