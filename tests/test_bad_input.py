@@ -232,6 +232,7 @@ TRAIN_ROWS = [
     row("train tiny.yaml run.device=tpu --out out", "run.device must be auto, cpu, cuda or cuda:N", "'tpu'"),
     row("train tiny.yaml run.device=cuda:99 --out out", "run.device is cuda:99"),
     row("train tiny.yaml --out RUN", "already exists", "--resume"),
+    row("train tiny.yaml --resume --out no_such_run", "nothing to resume", "drop --resume"),
     row("train tiny.yaml --bogus", "unrecognized arguments: --bogus"),
     # an unwritable --out, and model and data that do not fit each other
     row("train tiny.yaml --out plain.txt/run", "plain.txt"),
@@ -358,8 +359,63 @@ DEMO_ROWS = [
     row("demo --out plain.txt/demo run.epochs=1", "plain.txt"),
 ]
 
+FID_ROWS = [
+    row("fid missing_dir", "no such sample file or folder: missing_dir"),
+    row("fid emptydir", "sample folder emptydir holds neither samples.pt nor PNG files"),
+    row("fid mixed", "mixed/b.png is 1x28x28 but a.png is 1x32x32", "one size only"),
+    row("fid png28", "1 x 28 x 28 images", "need 1 x 32 x 32", "pad 28 px"),
+    row("fid rgb32", "3 x 32 x 32 images", "need 1 x 32 x 32"),
+    row("fid tensor3.pt", "tensor3.pt must hold one (N, C, H, W) image tensor, got shape (3,)"),
+    row("fid plain.txt", "plain.txt is not a tensor file"),
+    row("fid png32 --n 10", "--n 10 is more than the 4 samples available"),
+    row("fid png32 --n 1", "--n must be >= 2"),
+    row("fid png32 --k 0", "--k must be >= 1, got 0"),
+    row("fid png32 --ref png28 --features feat.safetensors", "the reference images in png28", "1 x 28 x 28"),
+    row("fid png32 --ref png32 --n 4 --features feat.safetensors --inception feat.safetensors", "not allowed with"),
+    row("fid png32 --ref png32 --features missing.safetensors", "features file not found: missing.safetensors"),
+    row("fid png32 --ref png32 --features plain.txt", "features file plain.txt is not a safetensors file"),
+    row("fid png32 --ref png32 --features other.safetensors", "not a redistill Fashion-MNIST extractor"),
+    row("fid png32 --ref png32 --features misfit.safetensors", "feature extractor weights in misfit.safetensors",
+        "do not fit", "shape mismatch"),
+    row("fid png32 --ref png32 --inception feat.safetensors", "inception-v3 weights in feat.safetensors do not fit",
+        "missing keys"),
+    row("fid png32 --ref png32 --inception plain.txt", "inception weights file plain.txt is not a readable state dict"),
+    row("fid png32 --ref png32 --inception tensor3.pt", "is not a state dict"),
+    row("fid png32 --out missing/r.json", "cannot write missing/r.json"),
+    row("fid RUN", "has no samples/ folder", "redistill sample"),
+    row("fid-extractor --epochs 0", "--epochs must be >= 1, got 0"),
+    row("fid-extractor --out missing/f.safetensors", "cannot write missing/f.safetensors"),
+]
+
 ROWS = (RANGE_ROWS + TRAIN_ROWS + MEMORY_ROWS + MODELS_ROWS + DERIVE_ROWS + LAYERS_ROWS + EVAL_ROWS + EXPORT_ROWS
-        + SAMPLE_ROWS + DEMO_ROWS)
+        + SAMPLE_ROWS + DEMO_ROWS + FID_ROWS)
+
+
+def _fid_files(root: Path) -> None:
+    """Sample folders and feature files for the fid rows."""
+    import json
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from redistill.diffusion.features import FORMAT, FashionNet, save_fashion_net
+
+    def pngs(folder: str, shapes: list[tuple[int, int, int]]) -> None:
+        (root / folder).mkdir()
+        for name, (c, h, w) in zip("abcd", shapes):
+            Image.fromarray(torch.zeros(h, w, c, dtype=torch.uint8).squeeze(2).numpy()).save(root / folder / f"{name}.png")
+
+    pngs("png32", [(1, 32, 32)] * 4)
+    pngs("png28", [(1, 28, 28)] * 4)
+    pngs("rgb32", [(3, 32, 32)] * 4)
+    pngs("mixed", [(1, 32, 32), (1, 28, 28)])
+    (root / "emptydir").mkdir()
+    torch.save(torch.zeros(3), root / "tensor3.pt")
+    save_fashion_net(FashionNet(width=4), root / "feat.safetensors", {"test_accuracy": 0.1})
+    save_file({"x": torch.zeros(2)}, str(root / "other.safetensors"))
+    meta = {"format": FORMAT, "architecture": "FashionNet", "config": json.dumps({"width": 8})}
+    save_file(FashionNet(width=4).state_dict(), str(root / "misfit.safetensors"), metadata=meta)
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +437,7 @@ def scratch(tmp_path, monkeypatch, trained) -> Path:
         (tmp_path / name).write_text(text)
     for name, data in BINARY.items():
         (tmp_path / name).write_bytes(data)
+    _fid_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

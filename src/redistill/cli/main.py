@@ -26,6 +26,7 @@ COMMANDS = [
     "redistill.cli.layers",
     "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export", "redistill.cli.sample",
     "redistill.cli.demo",
+    "redistill.cli.fid", "redistill.cli.fid_extractor",
 ]
 
 

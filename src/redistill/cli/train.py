@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from redistill.errors import UserError
 from redistill.train import load_config, run_training
 from redistill.util import fmt_bytes
 
@@ -29,6 +30,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.resume and not (out.is_dir() and any(out.iterdir())):
+        # A mistyped --out would otherwise start a new run from scratch without a word.
+        raise UserError(f"nothing to resume in {out}: it does not exist or is empty; check --out, "
+                        "or drop --resume to start a new run")
     summary = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite,
                            trust_code=getattr(args, "trust_code", False))
     if summary:  # only the main process of a torchrun job gets the summary printed

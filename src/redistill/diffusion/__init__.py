@@ -1,4 +1,5 @@
-"""Diffusion: the DDPM noise schedule, an EMA of the weights, and sampling (DDPM / DDIM)."""
+"""Diffusion: the DDPM noise schedule, an EMA of the weights, sampling (DDPM / DDIM), and generative
+metrics (FID, KID, precision / recall, in :mod:`redistill.diffusion.metrics`) with their feature extractors."""
 
 from redistill.diffusion.ema import ema_module, ema_weights, make_ema
 from redistill.diffusion.sample import DEFAULT_DDIM_STEPS, sample_images, save_grid, scheduler_for, to_uint8, write_samples

@@ -106,6 +106,21 @@ def _fashion_mnist(root: Path) -> tuple[tuple, tuple]:
     )
 
 
+def load_fashion_mnist(root: Optional[Path] = None) -> tuple[tuple, tuple]:
+    """Fashion-MNIST as uint8 tensors: ``((train images (60000, 1, 28, 28), labels), (test images, labels))``.
+
+    Args:
+        root: the folder holding the idx files (default: where the Debian package installs them).
+    Raises:
+        UserError: the folder or its files are missing (the message names the path tried).
+    """
+    root = Path(root).expanduser() if root is not None else Path(FASHION_MNIST_ROOT)
+    if not root.exists():
+        raise UserError(f"data set folder not found: {root} (install Fashion-MNIST with "
+                        "`apt-get install -y dataset-fashion-mnist`, or pass its folder)")
+    return _fashion_mnist(root)
+
+
 def _cifar10(root: Path) -> tuple[tuple, tuple]:
     from torchvision.datasets import CIFAR10
 
