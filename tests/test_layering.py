@@ -21,7 +21,8 @@ LAYERS: list[set[str]] = [
     {"redistill.artifact"},
     {"redistill.modelref"},
     {"redistill.train"},
-    {"redistill.demo", "redistill.demo_diffusion"},
+    {"redistill.demo"},
+    {"redistill.demo_diffusion"},  # builds on the classification demo's run handling
     {"redistill.cli"},
     {"redistill.__main__"},
 ]
