@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -103,9 +105,11 @@ def test_sampler_arguments_are_checked():
 def test_write_samples_is_all_or_nothing(tmp_path):
     images = torch.rand(3, 1, 8, 8) * 2 - 1
     out = write_samples(images, tmp_path / "s", {"seed": 1})
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images", "samples.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images", "samples.json", "samples.pt"]
     saved = torch.load(out / "samples.pt", weights_only=True)
-    assert saved["images"].dtype == torch.uint8 and saved["images"].shape == (3, 1, 8, 8) and saved["seed"] == 1
+    assert saved.dtype == torch.uint8 and saved.shape == (3, 1, 8, 8)
+    torch.testing.assert_close(saved.float() / 127.5 - 1, images, atol=1 / 127.5, rtol=0)
+    assert json.loads((out / "samples.json").read_text()) == {"count": 3, "shape": [1, 8, 8], "seed": 1}
     assert len(list((out / "images").iterdir())) == 3
     with pytest.raises(UserError, match="already exists and is not empty"):
         write_samples(images, out)

@@ -108,8 +108,9 @@ def test_sample_run_five_ddim_steps(teacher, tmp_path):
     run_dir, _ = teacher
     result = sample_run(run_dir, tmp_path / "s", n=4, sampler="ddim", steps=5, seed=1, batch_size=3,
                         device="cpu", progress=False, trust_code=True)
-    saved = torch.load(tmp_path / "s" / "samples.pt", weights_only=True)
-    assert saved["images"].shape == (4, 1, 8, 8) and saved["steps"] == 5 and saved["sampler"] == "ddim"
+    assert torch.load(tmp_path / "s" / "samples.pt", weights_only=True).shape == (4, 1, 8, 8)
+    meta = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert meta["steps"] == 5 and meta["sampler"] == "ddim" and meta["seed"] == 1
     assert (tmp_path / "s" / "grid.png").is_file() and result.seconds > 0
 
 

@@ -14,7 +14,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "sample",
         help="draw images from a diffusion run (its EMA denoiser): DDPM or DDIM",
         description="Draw N images from the EMA denoiser of a run trained with task: diffusion and write "
-        "grid.png, samples.pt (uint8, N x C x H x W) and images/NNNNN.png into a new directory. "
+        "grid.png, samples.pt (a uint8 N x C x H x W tensor), samples.json (how they were drawn) and "
+        "images/NNNNN.png into a new directory (RUN_DIR/samples is where `redistill fid RUN_DIR` looks). "
         "Image k of a seed is the same whatever --n and --batch-size.",
     )
     parser.add_argument("run_dir", type=Path, help="a diffusion run directory")

@@ -6,6 +6,7 @@ same whatever the batch size or the number of images asked for; the batch only s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -135,7 +136,8 @@ def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: Optional[int] 
 
 def write_samples(images: torch.Tensor, out: Union[str, Path], meta: Optional[dict] = None,
                   each: bool = True) -> Path:
-    """Write ``grid.png``, ``samples.pt`` (uint8, (N, C, H, W)) and, with ``each``, ``images/NNNNN.png``.
+    """Write ``grid.png``, ``samples.pt`` (a uint8 (N, C, H, W) tensor), ``samples.json`` (``meta``: how
+    they were drawn) and, with ``each``, ``images/NNNNN.png``.
 
     Written into a temporary directory next to ``out`` and renamed, so ``out`` is complete or absent.
 
@@ -154,7 +156,9 @@ def write_samples(images: torch.Tensor, out: Union[str, Path], meta: Optional[di
         raise UserError(f"cannot write {out}: {err.strerror or err}") from err
     try:
         pixels = to_uint8(images)
-        torch.save({"images": pixels, **(meta or {})}, tmp / "samples.pt")
+        torch.save(pixels, tmp / "samples.pt")  # one tensor: what `redistill fid` reads
+        (tmp / "samples.json").write_text(json.dumps({"count": len(pixels), "shape": list(pixels.shape[1:]),
+                                                      **(meta or {})}, indent=2) + "\n")
         save_grid(images[:256], tmp / "grid.png")
         if each:
             (tmp / "images").mkdir()
