@@ -104,6 +104,14 @@ def test_interrupted_run_resumes_exactly_ema_included(tmp_path, monkeypatch):
     assert resumed["val_loss"] == whole["val_loss"]
 
 
+def test_eval_scores_the_denoising_loss(teacher):
+    from redistill.train import evaluate_path
+
+    run_dir, summary = teacher
+    result = evaluate_path(run_dir, "test", device="cpu", trust_code=True)
+    assert result["loss"] == pytest.approx(summary["test_loss"]) and "acc" not in result
+
+
 def test_sample_run_five_ddim_steps(teacher, tmp_path):
     run_dir, _ = teacher
     result = sample_run(run_dir, tmp_path / "s", n=4, sampler="ddim", steps=5, seed=1, batch_size=3,

@@ -15,7 +15,8 @@ from redistill.errors import UserError
 from redistill.train.build import checkpoint_file, model_from_state, shipped_state
 from redistill.train.config import Config, load_config
 from redistill.train.data import DataInfo, build_datasets, eval_loader
-from redistill.train.task import ClassificationTask
+from redistill.train.diffusion_task import DiffusionTask
+from redistill.train.task import ClassificationTask, Task
 from redistill.util import pick_device
 
 __all__ = ["evaluate_path", "export_run", "load_export", "load_run_model"]
@@ -96,7 +97,8 @@ def evaluate_path(
         batch_size: evaluation batch size (default: the run's).
         trust_code: whether a run's model spec may name user code (``file.py:factory``).
     Returns:
-        ``{"acc": percent, "loss": mean cross-entropy, "count": images, "split": split}``.
+        ``{"acc": percent, "loss": mean cross-entropy, "count": images, "split": split}``; for a
+        diffusion run ``{"loss": denoising MSE, "count", "split"}``.
     """
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val, got '{split}'")
@@ -104,9 +106,12 @@ def evaluate_path(
     if not path.exists():
         raise UserError(f"no such run or export directory: {path}")
     dev = pick_device(device, what="--device")
+    task: Task = ClassificationTask()
     if (path / "config.yaml").is_file():
         model, cfg, _, _ = load_run_model(path, trust_code=trust_code)
         data = cfg.data
+        if cfg.task == "diffusion":  # the denoising MSE of the EMA network (fixed timesteps and noise)
+            task = DiffusionTask(cfg.diffusion)
     elif is_export(path):
         model = load_export(path).module
         spec, _ = read_export_spec(path)
@@ -124,5 +129,5 @@ def evaluate_path(
     ds = splits.test if split == "test" else splits.val
     if ds is None:
         raise UserError("this run has no validation split (data.val_fraction is 0); use --split test")
-    result = ClassificationTask().evaluate(model.to(dev), eval_loader(ds, data), dev)
+    result = task.evaluate(model.to(dev), eval_loader(ds, data), dev)
     return {**result, "split": split}
