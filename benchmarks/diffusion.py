@@ -202,8 +202,9 @@ def write_results(form_name: str, form: dict, rows: list[dict], work: Path) -> P
         "",
         f"- student peak vs teacher: {reduction['live']:.2f}x (live), {reduction['layer']:.2f}x (layer); "
         f"target >= 4x: {'met' if all(verdict['student_peak_4x_below_teacher'].values()) else 'not met'}",
-        f"- RED FID below vanilla by {gap:.2f}; largest seed spread (std) {spread if spread is None else f'{spread:.2f}'}: "
-        + ("beyond the spread" if beyond else "not beyond the spread" if beyond is not None else "no spread (one seed)"),
+        f"- RED FID - vanilla FID = {-gap:+.2f} ({'RED better' if gap > 0 else 'RED not better'}); largest seed "
+        f"spread (std) {spread if spread is None else f'{spread:.2f}'}: RED better beyond the spread: "
+        + ("yes" if beyond else "no" if beyond is not None else "unknown (one seed)"),
         "",
         f"![FID vs peak memory]({plot.name})",
         "",
