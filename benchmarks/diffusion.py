@@ -8,8 +8,10 @@ Three forms (each writes its own files under benchmarks/results/):
 - default (CPU): a small UNet, 8192 images, 8 epochs, 500 DDIM samples per seed, 3 sampling seeds
   (diffusion.{json,md}); hours on a 2-core CPU, so it is resumable: every finished run, sample set and
   score is kept under ``--work`` and a rerun picks up where the last one stopped (kill it at any time).
-- ``--gpu``: a wider UNet on all 54,000 training images, 12 epochs, AMP, 2000 samples per seed, sized
-  for under 10 minutes on one H200 (diffusion_gpu.{json,md}). Not run by this project so far.
+- ``--gpu``: a wider UNet on all 54,000 training images, 6 epochs (2530 steps per arm), AMP, 2000 samples
+  per seed, sized (an estimate, not a measurement) for under 10 minutes on one H200
+  (diffusion_gpu.{json,md}). Not run by this project so far. Pass ``--features`` with an extractor file
+  made beforehand (``redistill fid-extractor``), or its first call trains one on the CPU.
 
 Every arm uses the same recipe, the same sampler (DDIM, eta 0), the same number of samples and the same
 sampling seeds; the reference for FID / KID / precision / recall is as many Fashion-MNIST test images
@@ -62,9 +64,9 @@ FORMS = {
         "samples": 500, "steps": 50, "seeds": [0, 1, 2], "batch": 100, "device": "cpu",
     },
     "gpu": {
-        "label": "GPU (UNet ch 64, 2 res blocks, all 54,000 training images, 12 epochs, one H200)",
+        "label": "GPU (UNet ch 64, 2 res blocks, all 54,000 training images, 6 epochs, one H200)",
         "overrides": [f"model.options={_WIDE}", "data.subset=null", "data.val_subset=1000", "data.test_subset=1000",
-                      "data.batch_size=128", "optim.lr=2e-4", "run.epochs=12", "run.device=cuda", "run.amp=true",
+                      "data.batch_size=128", "optim.lr=2e-4", "run.epochs=6", "run.device=cuda", "run.amp=true",
                       "run.channels_last=true", "diffusion.ema_decay=0.999", "schedule.warmup_epochs=1"],
         "samples": 2000, "steps": 100, "seeds": [0, 1, 2], "batch": 500, "device": "cuda",
     },
