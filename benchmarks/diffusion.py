@@ -60,7 +60,7 @@ FORMS = {
     "cpu": {
         "label": "CPU (small UNet ch 16, 8192 images, 8 epochs)",
         "overrides": [f"model.options={_SMALL}", "data.subset=8192", "data.val_subset=512", "data.test_subset=512",
-                      "run.epochs=8", "diffusion.ema_decay=0.999"],
+                      "run.epochs=8", "diffusion.ema_decay=0.998"],
         "samples": 500, "steps": 50, "seeds": [0, 1, 2], "batch": 100, "device": "cpu",
     },
     "gpu": {

@@ -114,3 +114,24 @@ def test_write_samples_is_all_or_nothing(tmp_path):
     with pytest.raises(UserError, match="already exists and is not empty"):
         write_samples(images, out)
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary directory left behind
+
+
+class _Oracle(nn.Module):
+    """The exact noise predictor for a data set of one image: eps = (x_t - sqrt(abar_t) x*) / sqrt(1 - abar_t)."""
+
+    def __init__(self, target: torch.Tensor, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.target, self.abar = target, schedule.alphas_cumprod()
+
+    def forward(self, x, t):
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * self.target) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize("sampler, steps, timesteps", [("ddim", 10, 1000), ("ddpm", None, 50)])
+def test_samplers_recover_the_image_of_an_exact_denoiser(sampler, steps, timesteps):
+    schedule = NoiseSchedule(timesteps=timesteps)
+    target = torch.linspace(-0.9, 0.9, 64).view(1, 1, 8, 8)
+    images = sample_images(_Oracle(target, schedule), schedule, 3, (1, 8, 8), sampler=sampler, steps=steps,
+                           progress=False)
+    torch.testing.assert_close(images, target.expand(3, 1, 8, 8), atol=1e-3, rtol=0)
