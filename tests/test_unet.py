@@ -9,6 +9,7 @@ import torch.nn as nn
 import yaml
 
 from redistill.artifact import ExportSpec, write_export
+from redistill.cli.main import main
 from redistill.distill import auto_pairs
 from redistill.distill.hooks import capture
 from redistill.distill.red_method import REDMethod
@@ -239,3 +240,14 @@ def test_spec_string_rebuilds_the_same_network(spec):
     text = spec_string(info.spec)
     assert text.startswith("ddpm_unet:strides=")
     assert build_family(text).info == info
+
+
+def test_cli_lists_and_derives_the_unet(tmp_path, capsys):
+    assert main(["models", "ddpm_unet"]) == 0
+    assert "head=1, downblocks.2=2, downblocks.5=2, downblocks.8=2" in capsys.readouterr().out
+    out = tmp_path / "student.yaml"
+    assert main(["derive", "ddpm_unet:ch=8:attn=", "--input", "1x3x32x32", "--factor", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ddpm_unet:strides=2,2,2,1:ch=8:attn=" in text and "head 1->2, downblocks.8 2->1" in text
+    student, info = resolve_model(str(out))
+    assert info.strides == (2, 2, 2, 1) and student.tail.conv.stride == (2, 2)
