@@ -204,6 +204,11 @@ TRAIN_ROWS = [
     row("train tiny.yaml data.normalize=minmax", "'data.normalize' must be one of dataset, symmetric"),
     row("train tiny.yaml diffusion.variance=learned", "'diffusion.variance' must be one of fixed_large, fixed_small"),
     row("train tiny.yaml diffusion.ema=0.9", "unknown config key 'diffusion.ema'", "did you mean diffusion.ema_decay"),
+    row("memory cifar_resnet8:num_classes=2.5 --input 1x3x8x8", "num_classes must be an integer"),
+    row("memory cifar_resnet8:strides=1.5,1,2,2 --input 1x3x8x8", "strides must be integers"),
+    row("train tiny.yaml 'model.options={width: 4, dropout: abc}'", "dropout must be a number"),
+    row("train tiny.yaml model.student=cifar_resnet8:strides=2,1,1,2 distill.method=red model.teacher_checkpoint=RUN " + "'distill.options={red: {gate_kernel: \"3\"}}' --out out", "gate_kernel must be an odd integer"),
+    row("train tiny.yaml model.student=cifar_resnet8:strides=2,1,1,2 distill.method=red model.teacher_checkpoint=RUN " + "'distill.options={red: {shortcut: \"no\"}}' --out out", "shortcut must be true or false"),
     # overrides
     row("train tiny.yaml optim.lr", "override 'optim.lr' is not key=value"),
     row("train tiny.yaml =3", "is not key=value"),
@@ -256,7 +261,7 @@ MEMORY_ROWS = [
     row("memory ddpm_unet:ch=8 --input 1x3x28x28", "ddpm_unet", "needs H and W divisible by 8, got (28, 28)"),
     row("memory ddpm_unet:ch=7 --input 1x3x32x32", "ddpm_unet option ch must be an even integer >= 4, got 7"),
     row("memory ddpm_unet:ch=8:attn=4 --input 1x3x32x32", "attn names levels (0..3", "got 4"),
-    row("memory ddpm_unet:ch=8:ch_mult=a --input 1x3x32x32", "ch_mult takes integers"),
+    row("memory ddpm_unet:ch=8:ch_mult=a --input 1x3x32x32", "ch_mult must be a list"),
     row("memory ddpm_unet:num_classes=10 --input 1x3x32x32", "ddpm_unet has no option 'num_classes'"),
     row("derive ddpm_unet:ch=8 --input 1x3x32x32 --factor 16", "factor 16 needs 4", "largest factor it can absorb is 8"),
     row("memory cifar_resnet8 --input 1x3x8x8 --convention peak", "--convention: invalid choice"),
@@ -297,7 +302,7 @@ DERIVE_ROWS = [
     row("derive nosuchnet --input 1x3x32x32 --factor 2", "unknown model 'nosuchnet'"),
     row("derive cifar_resnet8 --input 1x3x0x32 --factor 2", "--input '1x3x0x32'"),
     row("derive fac.py:boom --input 1x3x32x32 --factor 2", "factory 'fac.py:boom' raised ValueError"),
-    row("derive EXPORT --input 1x1x8x8 --factor 2", "cannot find stride slots"),
+    row("derive EXPORT --input 1x1x8x8 --factor 3", "power of two"),
 ]
 
 LAYERS_ROWS = [

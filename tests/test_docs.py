@@ -61,7 +61,7 @@ def test_every_method_reference_names_an_existing_section():
     assert "METHOD.md" not in README.read_text()
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/method.md", "docs/results.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/method.md", "docs/results.md", "docs/usage.md"])
 def test_relative_links_resolve(doc):
     path = ROOT / doc
     for target in re.findall(r"\]\(([^)]+)\)", path.read_text()):

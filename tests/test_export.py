@@ -108,3 +108,56 @@ def test_cli_train_eval_export(red_run, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "already exists" in err and "did you mean optim.lr" in err
     assert cli.main(["eval", str(tmp_path / "missing")]) == 2
+
+
+def test_a_run_started_from_an_export_with_red_blocks_exports_again(red_run, tmp_path):
+    """Fine-tuning from an export: its RED blocks are in the built model once, not inserted twice."""
+    root, _ = red_run
+    export_run(root / "red", tmp_path / "e1")
+    cfg = load_config(TINY, [f"model.student={tmp_path / 'e1'}", "model.options={}"])
+    run_training(cfg, tmp_path / "ft")
+    export_run(tmp_path / "ft", tmp_path / "e2")
+    model, _, _, _ = load_run_model(tmp_path / "ft")
+    blocks = [n for n, m in model.named_modules() if type(m).__name__ == "REDBlock"]
+    assert len(blocks) == 1, blocks
+    deployed = load_export(tmp_path / "e2")
+    x = torch.randn(2, *deployed.info.input_shape[1:])
+    assert torch.equal(deployed.module(x), model.eval()(x))
+
+
+def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar_resnet8").mkdir()
+    assert resolve_model("cifar_resnet8").info.name == "cifar_resnet8"
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="not an export"):
+        resolve_model("plain")
+    with pytest.raises(UserError, match="model file not found: nosuch.yaml"):
+        resolve_model("nosuch.yaml")
+
+
+def test_class_count_in_model_options_is_refused(tmp_path):
+    cfg = load_config(TINY, ["model.options={width: 4, num_classes: 7}"])
+    with pytest.raises(UserError, match="model.options.num_classes is not an option: set model.num_classes"):
+        run_training(cfg, tmp_path / "r7")
+
+
+def test_derive_from_an_export_of_a_family(red_run, tmp_path):
+    from redistill.models import derive_student
+
+    root, _ = red_run
+    export_run(root / "teacher", tmp_path / "t")
+    teacher = load_export(tmp_path / "t")
+    student = derive_student(teacher, 2)
+    assert student.info.strides[0] == 2 * teacher.info.strides[0]
+    assert student.info.spec["name"] == teacher.info.spec["name"]
+
+
+def test_explicit_last_checkpoint_does_not_fall_back_to_best(red_run, tmp_path):
+    import shutil
+
+    root, _ = red_run
+    shutil.copytree(root / "red", tmp_path / "nolast")
+    (tmp_path / "nolast" / "last.pt").unlink()
+    with pytest.raises(UserError, match="last.pt does not exist; use --checkpoint best"):
+        export_run(tmp_path / "nolast", tmp_path / "e", "last")

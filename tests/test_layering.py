@@ -55,24 +55,34 @@ def _layer(module: str) -> int:
     raise AssertionError(f"{module} belongs to no layer: add {unit} to LAYERS in {__file__}")
 
 
-def _imports_in(source: str) -> set[str]:
-    """The package's own modules that ``source`` imports, anywhere (functions included)."""
+def _imports_in(source: str, package: str = PACKAGE) -> set[str]:
+    """The package's own modules that ``source`` imports, anywhere (functions included).
+
+    ``package`` is the package the source belongs to, against which relative imports resolve.
+    """
     tree = ast.parse(source)
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            base = node.module or ""
+            if node.level:  # `from ..train import x` inside redistill.cli -> redistill.train
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
             # `from pkg import sub` imports the submodule when there is one, else names of pkg.
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
-                     for a in node.names]
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
             continue
         out |= {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}
     return out
 
 
-GRAPH = {m: _imports_in(p.read_text()) - {m} for m, p in MODULES.items()}
+def _package_of(module: str, path: Path) -> str:
+    return module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+
+
+GRAPH = {m: _imports_in(p.read_text(), _package_of(m, p)) - {m} for m, p in MODULES.items()}
 
 
 def test_every_module_has_a_layer():
@@ -117,3 +127,7 @@ def test_the_checker_sees_function_level_imports_and_submodules():
     code = "import torch\n\ndef f():\n    from redistill.train import trainer\n    import redistill.cli.main\n" \
            "    from redistill.models import create_model\n"
     assert _imports_in(code) == {"redistill.train.trainer", "redistill.cli.main", "redistill.models"}
+    # Relative imports resolve against the importing module's package.
+    assert _imports_in("from ..train import trainer\nfrom . import main\n", "redistill.cli") == {
+        "redistill.train.trainer", "redistill.cli.main"}
+    assert _imports_in("from .red import REDBlock\n", "redistill.distill") == {"redistill.distill.red"}

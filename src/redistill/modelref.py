@@ -178,8 +178,6 @@ def resolve_model(
         return built
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return resolve_model(_spec_file(path), num_classes=num_classes, in_channels=in_channels, options=options)
-    if path.is_dir():
-        raise UserError(f"{ref} is a directory but not an export (no spec.yaml); `redistill export RUN_DIR` makes one")
     if is_model_spec(ref):
         return _eval(_family(ref, kwargs))
     if ":" in ref:
@@ -194,6 +192,12 @@ def resolve_model(
         return _eval(_torchvision(ref, kwargs))
     if _AUTHORS_FORM.fullmatch(ref):  # the authors' form of an unknown family: the registry's error
         build_family(ref)
+    # Names are looked up before paths are refused, so a folder that happens to be called like a
+    # model (a run directory `--out resnet18`) cannot hide the model.
+    if path.is_dir():
+        raise UserError(f"{ref} is a directory but not an export (no spec.yaml); `redistill export RUN_DIR` makes one")
+    if path.suffix in (".yaml", ".yml", ".py") or "/" in ref:
+        raise UserError(f"model file not found: {ref} (relative paths start from the current directory)")
     known = sorted(set(names) | set(list_models()))
     raise UserError(
         f"unknown model '{ref}'{did_you_mean(ref, known)}; give a family (`redistill models`), a torchvision "

@@ -53,6 +53,13 @@ class REDBlock(nn.Module):
         shortcut: bool = True,
     ) -> None:
         super().__init__()
+        # Checked here, the one constructor every config, checkpoint and export goes through.
+        for name, value in (("gate_kernel", gate_kernel), ("encoder_kernel", encoder_kernel)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+                raise UserError(f"RED option {name} must be an odd integer >= 1 (1, 3, 5), got {value!r}")
+        for name, value in (("gate", gate), ("encoder", encoder), ("shortcut", shortcut)):
+            if not isinstance(value, bool):
+                raise UserError(f"RED option {name} must be true or false, got {value!r}")
         if not (gate or encoder):
             raise UserError("a RED block needs its gate or its encoder: gate=false and encoder=false leave nothing")
         if channels < 1:

@@ -117,7 +117,8 @@ def derive_student(teacher: Built | nn.Module, factor: int, drop: Sequence[str] 
     module, info = built
     slots = model_slots(built)
     strides, _ = plan_strides(slots, factor, drop)
-    if info.source == "redistill":
+    # By the kind of spec, not where the model came from: an export of a family is a family.
+    if info.spec is not None and info.spec.get("source") != "torchvision":
         student, student_info = build_family({**info.spec, "strides": strides})
         param = next(module.parameters(), None)
         if param is not None:  # same device and dtype as the teacher

@@ -11,6 +11,7 @@ A *spec* names a family and its stride slots. Accepted forms (all build the same
 from __future__ import annotations
 
 import copy
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -240,9 +241,12 @@ def check_strides(family: Family, strides: Any, slots: tuple[str, ...] | None = 
     if isinstance(strides, int):
         strides = [strides]
     try:
-        strides = [int(s) for s in strides]
-    except (TypeError, ValueError):
+        strides = list(strides)
+    except TypeError:
         raise UserError(f"{family.name}: strides must be integers, got {strides!r}") from None
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in strides):
+        raise UserError(f"{family.name}: strides must be integers, got {strides!r}")
+    strides = [int(s) for s in strides]
     if len(strides) != len(slots):
         raise UserError(
             f"{family.name} has {len(slots)} stride slots ({', '.join(slots)}) "
@@ -255,6 +259,32 @@ def check_strides(family: Family, strides: Any, slots: tuple[str, ...] | None = 
         if s not in (1, 2):
             raise UserError(f"{family.name}: slot {slot} takes stride 1 or 2 (only the stem takes 4/8), got {s}")
     return strides
+
+
+def _check_option_type(family: str, key: str, value: Any, default: Any) -> None:
+    """An option must have its default's type (an int where a float is expected is fine);
+    counts are integers, whatever their default."""
+    if key in ("num_classes", "in_channels"):
+        ok = value is None and default is None or isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        want = "an integer"
+    elif default is None:
+        return
+    elif isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, numbers.Integral):
+        ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, numbers.Real):
+        ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    elif isinstance(default, (list, tuple)):
+        # `attn=` (empty) in a spec string is the empty list
+        ok = value == "" or isinstance(value, (list, tuple, numbers.Integral)) and not isinstance(value, bool)
+        want = "a list"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise UserError(f"{family}: option {key} must be {want}, got {value!r}")
 
 
 def build_family(spec: str | Mapping[str, Any], **kwargs: Any) -> Built:
@@ -280,6 +310,8 @@ def build_family(spec: str | Mapping[str, Any], **kwargs: Any) -> Built:
             f"{family.name} has no option '{unknown[0]}'{did_you_mean(unknown[0], accepted)}; "
             f"its options are strides, {', '.join(accepted)}"
         )
+    for key, value in parsed.items():
+        _check_option_type(family.name, key, value, accepted[key])
     options = {**copy.deepcopy(accepted), **parsed}  # list defaults must not be shared with specs
     for key in ("width", "num_classes", "in_channels"):  # sizes every family reads the same way
         value = options.get(key)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from redistill.artifact import is_export, load_export
 from redistill.checkpoint import load_checkpoint, load_weights
 from redistill.diffusion import ema_weights
-from redistill.distill import Distiller, create_method, redo_surgery
+from redistill.distill import Distiller, create_method, redo_surgery, surgery_of
 from redistill.errors import UserError
 from redistill.modelref import resolve_model
 from redistill.models import Built, spec_string
@@ -45,6 +45,9 @@ def build_model(
                 f"model.{key} is {wanted} but {info.name} has {have} {unit}{'s' if have != 1 else ''}; "
                 f"set model.{key}={have} or leave it out (it defaults to the data's)"
             )
+    for key in ("num_classes", "in_channels"):
+        if key in (mcfg.options or {}):  # would bypass the check against the data above
+            raise UserError(f"model.options.{key} is not an option: set model.{key} (it defaults to the data's)")
     built = resolve_model(
         spec,
         num_classes=(mcfg.num_classes or info.num_classes) if task == "classification" else None,
@@ -85,8 +88,9 @@ def load_teacher(cfg: Config, info: DataInfo, trust_code: bool = False) -> Optio
             f"distill.method '{cfg.distill.method}' needs model.teacher_checkpoint "
             "(a trained teacher's run directory, checkpoint or export)"
         )
-    if is_export(ref):
-        return load_export(ref).module
+    if is_export(ref):  # checked against the data like any other model
+        classes = info.num_classes if cfg.task == "classification" else None  # a denoiser has none
+        return resolve_model(str(ref), num_classes=classes, in_channels=info.in_channels).module
     path = checkpoint_file(ref)
     state = shipped_state(load_checkpoint(path))
     spec, mcfg, trusted = cfg.model.teacher, cfg.model, True
@@ -129,7 +133,10 @@ def model_from_state(
             f"{what} {_spec_text(spec)} is not the network {source} was trained as ({_spec_text(recorded)}); "
             f"give that spec or leave the {what}'s spec out"
         )
-    redo_surgery(model, state.get("surgery") or {}, source=source)
+    surgery = state.get("surgery") or {}
+    # A model built from an export already carries its blocks; the record then describes them.
+    if surgery and surgery_of(model) != surgery:
+        redo_surgery(model, surgery, source=source)
     load_weights(model, state["model"], source, what=what)
     return Built(model.eval(), model_info)
 

@@ -41,11 +41,16 @@ def load_run_model(
     cfg = load_config(run_dir / "config.yaml")
     path = run_dir / f"{checkpoint}.pt"
     if not path.is_file():
+        if checkpoint != "best":  # only the default may fall back: an export must say what it holds
+            raise UserError(f"{path} does not exist; use --checkpoint best")
         path = checkpoint_file(run_dir)
     state = load_checkpoint(path)
-    if "data_info" not in state:
+    if not isinstance(state.get("data_info"), dict):
         raise UserError(f"checkpoint {path} lacks data_info; it was not written by this redistill")
-    info = DataInfo(**state["data_info"])
+    try:
+        info = DataInfo(**state["data_info"])
+    except TypeError as err:
+        raise UserError(f"checkpoint {path} has a data_info this redistill cannot read ({err})") from err
     state = shipped_state(state)  # a run that keeps an EMA ships the average
     model, model_info = model_from_state(cfg.model.student, cfg.model, info, state, path, trust_code=trust_code,
                                          task=cfg.task)
