@@ -36,6 +36,25 @@ run:
   device: cpu
 """
 
+# A diffusion run on the stand-in denoiser (a user factory: sampling it needs --trust-code).
+DIFFUSION_TINY = f"""\
+task: diffusion
+model:
+  student: {Path(__file__).with_name("denoiser_standin.py")}:tiny_denoiser
+data:
+  name: synthetic
+  workers: 0
+  batch_size: 16
+  normalize: symmetric
+  augment: {{crop: none}}
+  synthetic: {{train_size: 40, test_size: 8, image_size: 8}}
+optim: {{name: adam, lr: 2e-4, weight_decay: 0}}
+run:
+  epochs: 1
+  progress: false
+  device: cpu
+"""
+
 
 def _laughs(levels: int = 9) -> str:
     """A "billion laughs" document: 9 aliases per level, 9**levels strings once expanded."""
@@ -128,6 +147,13 @@ BAD_VALUES = [
     ("schedule.gamma", "-0.1", "> 0", "-0.1"),
     ("schedule.min_lr", "-1e-5", ">= 0", "-1e-05"),
     ("distill.task_weight", "-0.5", ">= 0 (or null)", "-0.5"),
+    ("data.pad", "-2", ">= 0", "-2"),
+    ("diffusion.timesteps", "0", ">= 1", "0"),
+    ("diffusion.beta_start", "-1e-4", "in [0, 1)", "-0.0001"),
+    ("diffusion.beta_end", "1", "in [0, 1)", "1.0"),
+    ("diffusion.ema_decay", "1", "in [0, 1)", "1.0"),
+    ("diffusion.ema_decay", "-0.5", "in [0, 1)", "-0.5"),
+    ("diffusion.eval_seed", "-1", ">= 0", "-1"),
     ("run.epochs", "0", ">= 1", "0"),
     ("run.seed", "-1", ">= 0", "-1"),
     ("run.log_every", "0", ">= 1", "0"),
@@ -173,6 +199,15 @@ TRAIN_ROWS = [
     row("train tiny.yaml schedule.name=multistep", "needs schedule.milestones"),
     row("train tiny.yaml distill.pairs=bogus", "'distill.pairs'", "'auto'"),
     row("train tiny.yaml distill.method=red", "needs model.teacher"),
+    # the diffusion task
+    row("train tiny.yaml task=denoise", "'task' must be one of classification, diffusion"),
+    row("train tiny.yaml task=diffusion", "task diffusion denoises images in [-1, 1]", "data.normalize=symmetric"),
+    row("train tiny.yaml task=diffusion data.normalize=symmetric diffusion.beta_start=0.05",
+        "diffusion.beta_start (0.05) must be below diffusion.beta_end (0.02)"),
+    row("train tiny.yaml task=diffusion data.normalize=symmetric data.augment.cutmix_alpha=1", "no labels to mix"),
+    row("train tiny.yaml data.normalize=minmax", "'data.normalize' must be one of dataset, symmetric"),
+    row("train tiny.yaml diffusion.variance=learned", "'diffusion.variance' must be one of fixed_large, fixed_small"),
+    row("train tiny.yaml diffusion.ema=0.9", "unknown config key 'diffusion.ema'", "did you mean diffusion.ema_decay"),
     row("memory cifar_resnet8:num_classes=2.5 --input 1x3x8x8", "num_classes must be an integer"),
     row("memory cifar_resnet8:strides=1.5,1,2,2 --input 1x3x8x8", "strides must be integers"),
     row("train tiny.yaml 'model.options={width: 4, dropout: abc}'", "dropout must be a number"),
@@ -304,6 +339,23 @@ EXPORT_ROWS = [
     row("export RUN --out plain.txt/export", "plain.txt"),
 ]
 
+SAMPLE_ROWS = [
+    row("sample missing --out s", "no such run directory: missing"),
+    row("sample . --out s", "is not a run directory (no config.yaml)"),
+    row("sample RUN --out s", "is a classification run", "task: diffusion"),
+    row("sample DRUN --out s", "names code to import", "--trust-code"),
+    row("sample DRUN --out s --n 0", "--n must be >= 1, got 0"),
+    row("sample DRUN --out s --batch-size 0", "--batch-size must be >= 1, got 0"),
+    row("sample DRUN --out s --seed -1", "--seed must be >= 0, got -1"),
+    row("--trust-code sample DRUN --out s --steps 5", "the DDPM sampler runs all 1000 steps", "--sampler ddim"),
+    row("--trust-code sample DRUN --out s --sampler ddim --steps 0", "--steps must be in [1, 1000]"),
+    row("--trust-code sample DRUN --out s --sampler ddim --steps 2000", "--steps must be in [1, 1000]", "got 2000"),
+    row("--trust-code sample DRUN --out s --device tpu", "--device must be auto, cpu, cuda or cuda:N"),
+    row("--trust-code sample DRUN --out RUN", "already exists and is not empty"),
+    row("sample DRUN --out s --sampler euler", "--sampler: invalid choice: 'euler'"),
+    row("sample DRUN", "the following arguments are required: --out"),
+]
+
 DEMO_ROWS = [
     row("demo --configs missing", "demo config directory not found: missing"),
     row("demo --configs . --out d", "demo config missing", "teacher.yaml"),
@@ -374,7 +426,7 @@ PATCH_ROWS = [
 ]
 
 ROWS = (RANGE_ROWS + TRAIN_ROWS + MEMORY_ROWS + MODELS_ROWS + DERIVE_ROWS + LAYERS_ROWS + EVAL_ROWS + EXPORT_ROWS
-        + DEMO_ROWS + DEPLOY_ROWS + FID_ROWS + PATCH_ROWS)
+        + SAMPLE_ROWS + DEMO_ROWS + DEPLOY_ROWS + FID_ROWS + PATCH_ROWS)
 
 
 def _fid_files(root: Path) -> None:
@@ -409,10 +461,12 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     """A tiny finished run and its export, shared by the rows that need one."""
     root = tmp_path_factory.mktemp("trained")
     (root / "tiny.yaml").write_text(TINY)
-    run, export = root / "run", root / "export"
+    run, export, drun = root / "run", root / "export", root / "drun"
     assert main(["train", str(root / "tiny.yaml"), "--out", str(run)]) == 0
     assert main(["export", str(run), "--out", str(export)]) == 0
-    return {"RUN": run, "EXPORT": export}
+    (root / "diffusion.yaml").write_text(DIFFUSION_TINY)
+    assert main(["train", str(root / "diffusion.yaml"), "--out", str(drun)]) == 0
+    return {"RUN": run, "EXPORT": export, "DRUN": drun}
 
 
 @pytest.fixture

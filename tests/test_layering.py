@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"redistill.train"},
     {"redistill.deploy"},
     {"redistill.demo"},
+    {"redistill.demo_diffusion"},  # builds on the classification demo's run handling
     {"redistill.cli"},
     {"redistill.__main__"},
 ]

@@ -6,24 +6,30 @@ import argparse
 from pathlib import Path
 
 from redistill.demo import DemoOptions, run_demo
+from redistill.demo_diffusion import run_diffusion_demo
 from redistill.errors import UserError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
-        help="train teacher, x4 student and RED x4 student on Fashion-MNIST; write a report",
+        help="train teacher, x4 (x2) student and RED student on Fashion-MNIST; write a report",
         description=(
             "Train a cifar_resnet20 teacher, its x4 student without distillation and with RED "
             "on Fashion-MNIST (a reduced schedule that fits in ~15 minutes on a 2-core CPU), "
-            "then print a table and write a Markdown report with plots. Finished runs in the "
-            "output directory are reused; an interrupted run is resumed."
+            "then print a table and write a Markdown report with plots. With --task diffusion: a tiny "
+            "DDPM UNet teacher, its x2 student and RED x2 student, with sample grids side by side. "
+            "Finished runs in the output directory are reused; an interrupted run is resumed."
         ),
     )
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
+    parser.add_argument("--task", choices=("classification", "diffusion"), default="classification",
+                        help="classification (default) or diffusion (DDPM UNet, sample grids)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: demo_out, or demo_diffusion_out with --task diffusion)")
     parser.add_argument(
         "--configs", type=Path, default=None,
-        help="directory with teacher.yaml, student_vanilla.yaml, student_red.yaml (default: configs/demo)",
+        help="directory with teacher.yaml, student_vanilla.yaml, student_red.yaml "
+        "(default: configs/demo, or configs/demo_diffusion with --task diffusion)",
     )
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST directory (default: the installed one)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the configs')")
@@ -49,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.data_root}")
     if args.device:
         overrides.append(f"run.device={args.device}")
+    diffusion = args.task == "diffusion"
+    out = args.out if args.out is not None else Path("demo_diffusion_out" if diffusion else "demo_out")
     opts = DemoOptions(
-        out=args.out,
+        out=out,
         config_dir=args.configs,
         overrides=overrides,
         overwrite=args.overwrite,
@@ -61,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if diffusion:
+        result = run_diffusion_demo(opts)
+        print()
+        print(result.table)
+        print()
+        print(f"report: {result.report_path} ({result.seconds / 60:.1f} min; reused: {', '.join(result.reused) or 'none'})")
+        return 0
     result = run_demo(opts)
     print()
     print(result.table)

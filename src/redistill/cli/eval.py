@@ -29,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate_path(args.path, args.split, args.data_root, args.device, args.batch_size,
                            trust_code=getattr(args, "trust_code", False))
+    if "acc" not in result:  # a diffusion run: its denoising loss
+        print(f"{args.path}: {result['split']} denoising MSE {result['loss']:.4f} on {result['count']} images")
+        return 0
     print(f"{args.path}: {result['split']} accuracy {result['acc']:.2f}% on {result['count']} images "
           f"(cross-entropy {result['loss']:.4f})")
     return 0

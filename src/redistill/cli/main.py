@@ -24,7 +24,8 @@ COMMANDS = [
     "redistill.cli.memory", "redistill.cli.patch",
     "redistill.cli.models", "redistill.cli.derive",
     "redistill.cli.layers",
-    "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export", "redistill.cli.deploy",
+    "redistill.cli.train", "redistill.cli.eval", "redistill.cli.export", "redistill.cli.sample",
+    "redistill.cli.deploy",
     "redistill.cli.demo",
     "redistill.cli.fid", "redistill.cli.fid_extractor",
 ]

@@ -43,13 +43,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict) -> str:
-    """A few lines for the terminal: accuracy, peak memory, size."""
+    """A few lines for the terminal: accuracy (or the denoising loss), peak memory, size."""
 
-    val = summary.get("val_acc")
+    metric = summary.get("metric", "acc")
+    val = summary.get(f"val_{metric}")
+    if metric == "acc":
+        scores = (f"val acc (best, epoch {summary['best_epoch']}): {'n/a' if val is None else f'{val:.2f}%'}"
+                  f"   test acc: {summary['test_acc']:.2f}%")
+    else:  # a loss (diffusion: the denoising MSE of the EMA model); lower is better
+        scores = (f"val {metric} (best, epoch {summary['best_epoch']}): {'n/a' if val is None else f'{val:.4f}'}"
+                  f"   test {metric}: {summary[f'test_{metric}']:.4f}")
     lines = [
         f"run: {summary['run_dir']}",
-        f"val acc (best, epoch {summary['best_epoch']}): {'n/a' if val is None else f'{val:.2f}%'}"
-        f"   test acc: {summary['test_acc']:.2f}%",
+        scores,
         f"peak memory per image (fp32): live {fmt_bytes(summary.get('peak_bytes_live'), unit='KiB')}, "
         f"layer {fmt_bytes(summary.get('peak_bytes_layer'), unit='KiB')}",
         f"params: {summary['params']:,}   FLOPs: {summary['flops']:,}   train time: {summary['train_time_s']:.1f} s"

@@ -164,7 +164,7 @@ def insert_red(
     if like is None:
         like = next(iter(model.parameters()), None)
     if like is None and example_input is not None:
-        like = example_input
+        like = example_input[0] if isinstance(example_input, tuple) else example_input
     if like is not None:
         block = block.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
     setattr(wrapper, slot, block)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
 import torch.nn as nn
 
 from redistill.artifact import is_export, load_export
 from redistill.checkpoint import load_checkpoint, load_weights
+from redistill.diffusion import ema_weights
 from redistill.distill import Distiller, create_method, redo_surgery, surgery_of
 from redistill.errors import UserError
 from redistill.modelref import resolve_model
@@ -19,7 +19,9 @@ from redistill.train.data import DataInfo
 from redistill.train.task import Task
 
 
-def build_model(spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, trust_code: bool = True) -> Built:
+def build_model(
+    spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, trust_code: bool = True, task: str = "classification"
+) -> Built:
     """Build one network from a model reference, sized for the data set.
 
     Args:
@@ -27,10 +29,16 @@ def build_model(spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, trust
         mcfg: the ``model`` config section (class / channel overrides, options).
         info: the data set's classes, channels and image size.
         trust_code: False when ``spec`` was read from an artifact (no user code is imported then).
+        task: the run's task; a denoiser (diffusion) is built without a class count.
     Returns:
         ``(model in train mode, its info)``.
     """
-    for key, have, unit in (("num_classes", info.num_classes, "classes"), ("in_channels", info.in_channels, "channel")):
+    sized = [("in_channels", info.in_channels, "channel")]
+    if task == "classification":
+        sized.insert(0, ("num_classes", info.num_classes, "classes"))
+    elif mcfg.num_classes is not None:
+        raise UserError(f"model.num_classes does not apply to task {task} (a denoiser has no classes); leave it out")
+    for key, have, unit in sized:
         wanted = getattr(mcfg, key)
         if wanted is not None and wanted != have:
             raise UserError(
@@ -42,7 +50,7 @@ def build_model(spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, trust
             raise UserError(f"model.options.{key} is not an option: set model.{key} (it defaults to the data's)")
     built = resolve_model(
         spec,
-        num_classes=mcfg.num_classes or info.num_classes,
+        num_classes=(mcfg.num_classes or info.num_classes) if task == "classification" else None,
         in_channels=mcfg.in_channels or info.in_channels,
         options=mcfg.options,
         trust_code=trust_code,
@@ -81,9 +89,10 @@ def load_teacher(cfg: Config, info: DataInfo, trust_code: bool = False) -> Optio
             "(a trained teacher's run directory, checkpoint or export)"
         )
     if is_export(ref):  # checked against the data like any other model
-        return resolve_model(str(ref), num_classes=info.num_classes, in_channels=info.in_channels).module
+        classes = info.num_classes if cfg.task == "classification" else None  # a denoiser has none
+        return resolve_model(str(ref), num_classes=classes, in_channels=info.in_channels).module
     path = checkpoint_file(ref)
-    state = load_checkpoint(path)
+    state = shipped_state(load_checkpoint(path))
     spec, mcfg, trusted = cfg.model.teacher, cfg.model, True
     trained_by = (state.get("config") or {}).get("model") or {}
     if trained_by:
@@ -96,12 +105,20 @@ def load_teacher(cfg: Config, info: DataInfo, trust_code: bool = False) -> Optio
         )
     if spec is None:
         raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher (the teacher's model spec)")
-    return model_from_state(spec, mcfg, info, state, path, what="teacher", trust_code=trusted).module
+    return model_from_state(spec, mcfg, info, state, path, what="teacher", trust_code=trusted, task=cfg.task).module
+
+
+def shipped_state(state: dict) -> dict:
+    """A checkpoint whose ``model`` is the network that ships: the EMA weights when the run kept an
+    EMA (diffusion), else the training weights."""
+    if "ema" in state:
+        return {**state, "model": ema_weights(state["ema"])}
+    return state
 
 
 def model_from_state(
     spec: Union[str, dict], mcfg: ModelConfig, info: DataInfo, state: dict, source, what: str = "model",
-    trust_code: bool = True,
+    trust_code: bool = True, task: str = "classification",
 ) -> Built:
     """Rebuild a trained network from its spec, the method surgery and the weights of a checkpoint.
 
@@ -109,7 +126,7 @@ def model_from_state(
         UserError: ``spec`` builds another architecture than the one the checkpoint records
             (other strides load the same weight shapes, so the weights alone cannot tell).
     """
-    model, model_info = build_model(spec, mcfg, info, trust_code=trust_code)
+    model, model_info = build_model(spec, mcfg, info, trust_code=trust_code, task=task)
     recorded = state.get("arch")
     if recorded is not None and model_info.spec is not None and model_info.spec != recorded:
         raise UserError(
@@ -151,12 +168,11 @@ def build_distiller(cfg: Config, info: DataInfo, task: Task, teacher: Optional[n
     Returns:
         ``(distiller, the student's ModelInfo)``; the distiller's ``method`` holds the resolved pairs.
     """
-    student, student_info = build_model(cfg.model.student, cfg.model, info)
+    student, student_info = build_model(cfg.model.student, cfg.model, info, task=cfg.task)
     method = None
     if cfg.distill.method is not None:
-        # Shapes are all setup needs; a private generator leaves the training RNG untouched.
-        gen = torch.Generator().manual_seed(0)
-        example = torch.randn(2, info.in_channels, info.image_size, info.image_size, generator=gen)
+        # Shapes are all setup needs (drawn from a private generator: the training RNG is untouched).
+        example = task.example_input(info.in_channels, info.image_size)
         options = dict(cfg.distill.options)
         if cfg.distill.pairs is not None:
             if "pairs" in options:

@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses loaded from YAML, with dotted ``key=value`` overrides.
 
-A config has six sections; every field has a default, so a YAML file only names what differs.
-``configs/example.yaml`` documents each field with a comment.
+A config names its ``task`` (classification | diffusion) and has seven sections; every field has a
+default, so a YAML file only names what differs. ``configs/example.yaml`` documents each field with
+a comment.
 
 - ``model``: ``student`` (the network this run trains: a teacher run names the teacher here),
   ``teacher`` and ``teacher_checkpoint`` (needed only with distillation), ``num_classes`` /
@@ -11,13 +12,17 @@ A config has six sections; every field has a default, so a YAML file only names 
   ``subset`` (number of training images), ``val_fraction`` / ``val_subset`` / ``test_subset``,
   ``split_seed``, ``batch_size``, ``eval_batch_size``, ``workers``, ``preload`` (hold the data on
   the training device and augment whole batches there), ``augment`` (crop, flip, RandAugment,
-  CutMix / MixUp), ``synthetic`` (sizes of the synthetic data set).
+  CutMix / MixUp), ``synthetic`` (sizes of the synthetic data set), ``pad`` (a blank border around
+  each image), ``normalize`` (dataset mean / std, or symmetric: pixels scaled to [-1, 1]).
 - ``optim``: ``name`` (sgd | adam | adamw), ``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
   ``betas``, ``label_smoothing``, ``grad_clip``.
 - ``schedule``: ``name`` (cosine | multistep | constant), ``warmup_epochs`` (linear warm-up),
   ``milestones`` and ``gamma`` (multistep), ``min_lr`` (cosine floor).
 - ``distill``: ``method`` (a registered method name or null for plain training), ``options``,
   ``pairs`` (a list of pair dicts, ``auto`` or null), ``task_weight`` (CE weight; null = method's).
+- ``diffusion`` (``task: diffusion`` only): the DDPM noise schedule (``timesteps``, ``beta_start``,
+  ``beta_end``, ``beta_schedule``, ``variance``, ``clip_sample``), ``ema_decay`` and ``eval_seed``
+  (the fixed timesteps and noise of the validation loss).
 - ``run``: ``epochs``, ``seed``, ``deterministic``, ``device`` (auto | cpu | cuda | cuda:N), ``amp`` and
   ``channels_last`` (both used on CUDA only), ``log_every``, ``progress``.
 """
@@ -84,6 +89,8 @@ class DataConfig:
     eval_batch_size: Union[int, None] = None
     workers: int = 2
     preload: bool = False
+    pad: int = 0
+    normalize: str = "dataset"  # dataset | symmetric
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -118,6 +125,18 @@ class DistillConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    variance: str = "fixed_large"
+    clip_sample: bool = True
+    ema_decay: float = 0.9999
+    eval_seed: int = 0
+
+
+@dataclass
 class RunConfig:
     epochs: int = 10
     seed: int = 0
@@ -131,11 +150,13 @@ class RunConfig:
 
 @dataclass
 class Config:
+    task: str = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
@@ -147,6 +168,10 @@ class Config:
 
 
 _CHOICES = {
+    "task": ("classification", "diffusion"),
+    "data.normalize": ("dataset", "symmetric"),
+    "diffusion.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+    "diffusion.variance": ("fixed_large", "fixed_small"),
     "data.name": ("fashion_mnist", "cifar10", "stl10", "imagefolder", "synthetic"),
     "data.augment.crop": ("pad", "resized", "none"),
     "optim.name": ("sgd", "adam", "adamw"),
@@ -364,6 +389,7 @@ RANGES: dict[str, Check] = {
     "data.batch_size": _at_least(1),
     "data.eval_batch_size": _at_least(1),
     "data.workers": _at_least(0),
+    "data.pad": _at_least(0),
     "data.augment.padding": _at_least(0),
     "data.augment.randaugment_ops": _at_least(0),
     # torchvision's RandAugment has 31 magnitude bins (0..30); 31 fails inside a worker.
@@ -386,6 +412,11 @@ RANGES: dict[str, Check] = {
     "schedule.gamma": _above(0),
     "schedule.min_lr": _at_least(0),
     "distill.task_weight": _at_least(0),
+    "diffusion.timesteps": _at_least(1),
+    "diffusion.beta_start": _between(0, 1),
+    "diffusion.beta_end": _between(0, 1),
+    "diffusion.ema_decay": _between(0, 1),
+    "diffusion.eval_seed": _at_least(0),
     "run.epochs": _at_least(1),
     "run.seed": _at_least(0),
     "run.log_every": _at_least(1),
@@ -417,5 +448,17 @@ def _check_values(cfg: Config) -> None:
         raise UserError(f"distill.method '{cfg.distill.method}' needs model.teacher and model.teacher_checkpoint")
     if isinstance(cfg.distill.pairs, str) and cfg.distill.pairs != "auto":
         raise UserError(f"config key 'distill.pairs' must be a list of pairs, 'auto' or null, got '{cfg.distill.pairs}'")
+    if cfg.task == "diffusion":
+        _check_diffusion(cfg)
     if cfg.schedule.name == "multistep" and not cfg.schedule.milestones:
         raise UserError("schedule.name multistep needs schedule.milestones (epochs), e.g. [30, 60]")
+
+
+def _check_diffusion(cfg: Config) -> None:
+    d = cfg.diffusion
+    if not d.beta_start < d.beta_end:
+        raise UserError(f"diffusion.beta_start ({d.beta_start:g}) must be below diffusion.beta_end ({d.beta_end:g})")
+    if cfg.data.normalize != "symmetric":
+        raise UserError("task diffusion denoises images in [-1, 1]: set data.normalize=symmetric")
+    if cfg.data.augment.cutmix_alpha > 0 or cfg.data.augment.mixup_alpha > 0:
+        raise UserError("task diffusion has no labels to mix: set data.augment.cutmix_alpha=0 and mixup_alpha=0")

@@ -285,6 +285,8 @@ def build_datasets(cfg: DataConfig) -> Splits:
     if cfg.name == "imagefolder":
         if cfg.canvas is not None:
             raise UserError("data.canvas works for fashion_mnist, cifar10, stl10 and synthetic; set data.canvas=null")
+        if cfg.pad:
+            raise UserError("data.pad works for fashion_mnist, cifar10, stl10 and synthetic; set data.pad=0")
         return _imagefolder(cfg)
     if cfg.name == "synthetic":
         (train_x, train_y), (test_x, test_y) = synthetic_data(cfg)
@@ -302,6 +304,11 @@ def build_datasets(cfg: DataConfig) -> Splits:
     if cfg.canvas is not None:
         train_x = place_on_canvas(train_x, cfg.canvas, cfg.split_seed)
         test_x = place_on_canvas(test_x, cfg.canvas, cfg.split_seed + 1)
+    if cfg.pad:  # a blank (zero) border: Fashion-MNIST's 28 px become the 32 px a DDPM UNet takes
+        border = (cfg.pad,) * 4
+        train_x, test_x = torch.nn.functional.pad(train_x, border), torch.nn.functional.pad(test_x, border)
+    if cfg.normalize == "symmetric":  # pixels in [-1, 1], as a denoising model expects
+        mean, std = (0.5,) * train_x.shape[1], (0.5,) * train_x.shape[1]
     native = train_x.shape[-1]
     info = DataInfo(cfg.name, num_classes, train_x.shape[1], cfg.image_size or native, mean, std)
     train_idx, val_idx = _split_indices(len(train_y), cfg)
@@ -325,7 +332,8 @@ def _imagefolder(cfg: DataConfig) -> Splits:
     if not train_dir.is_dir() or test_dir is None:
         raise UserError(f"image folder {root} needs train/ and val/ (or test/) subfolders of class folders")
     size = cfg.image_size or 224
-    info = DataInfo("imagefolder", 0, 3, size, *_STATS["imagefolder"])
+    stats = ((0.5,) * 3, (0.5,) * 3) if cfg.normalize == "symmetric" else _STATS["imagefolder"]
+    info = DataInfo("imagefolder", 0, 3, size, *stats)
     train_tf = _transforms(cfg.augment, info, True, size, from_pil=True)
     eval_tf = _transforms(cfg.augment, info, False, size, from_pil=True)
     train_full = ImageFolder(str(train_dir), transform=train_tf)

@@ -12,10 +12,11 @@ from redistill.artifact import ExportSpec, is_export, load_export, read_export_s
 from redistill.checkpoint import load_checkpoint
 from redistill.distill import surgery_of
 from redistill.errors import UserError
-from redistill.train.build import checkpoint_file, model_from_state
+from redistill.train.build import checkpoint_file, model_from_state, shipped_state
 from redistill.train.config import Config, load_config
 from redistill.train.data import DataInfo, build_datasets, eval_loader
-from redistill.train.task import ClassificationTask
+from redistill.train.diffusion_task import DiffusionTask
+from redistill.train.task import ClassificationTask, Task
 from redistill.util import pick_device
 
 __all__ = ["evaluate_path", "export_run", "load_export", "load_run_model"]
@@ -31,7 +32,8 @@ def load_run_model(
         checkpoint: "best" (default; "last" when there is no best) or "last".
         trust_code: whether a model spec naming user code (``file.py:factory``) may be imported.
     Returns:
-        ``(model in eval mode, the run's config, its data description, the model's ModelInfo)``.
+        ``(model in eval mode, the run's config, its data description, the model's ModelInfo)``;
+        for a run that keeps an EMA of its weights (diffusion), the model holds the EMA weights.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -49,7 +51,9 @@ def load_run_model(
         info = DataInfo(**state["data_info"])
     except TypeError as err:
         raise UserError(f"checkpoint {path} has a data_info this redistill cannot read ({err})") from err
-    model, model_info = model_from_state(cfg.model.student, cfg.model, info, state, path, trust_code=trust_code)
+    state = shipped_state(state)  # a run that keeps an EMA ships the average
+    model, model_info = model_from_state(cfg.model.student, cfg.model, info, state, path, trust_code=trust_code,
+                                         task=cfg.task)
     return model, cfg, info, model_info
 
 
@@ -98,7 +102,8 @@ def evaluate_path(
         batch_size: evaluation batch size (default: the run's).
         trust_code: whether a run's model spec may name user code (``file.py:factory``).
     Returns:
-        ``{"acc": percent, "loss": mean cross-entropy, "count": images, "split": split}``.
+        ``{"acc": percent, "loss": mean cross-entropy, "count": images, "split": split}``; for a
+        diffusion run ``{"loss": denoising MSE, "count", "split"}``.
     """
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val, got '{split}'")
@@ -106,9 +111,12 @@ def evaluate_path(
     if not path.exists():
         raise UserError(f"no such run or export directory: {path}")
     dev = pick_device(device, what="--device")
+    task: Task = ClassificationTask()
     if (path / "config.yaml").is_file():
         model, cfg, _, _ = load_run_model(path, trust_code=trust_code)
         data = cfg.data
+        if cfg.task == "diffusion":  # the denoising MSE of the EMA network (fixed timesteps and noise)
+            task = DiffusionTask(cfg.diffusion)
     elif is_export(path):
         model = load_export(path).module
         spec, _ = read_export_spec(path)
@@ -126,5 +134,5 @@ def evaluate_path(
     ds = splits.test if split == "test" else splits.val
     if ds is None:
         raise UserError("this run has no validation split (data.val_fraction is 0); use --split test")
-    result = ClassificationTask().evaluate(model.to(dev), eval_loader(ds, data), dev)
+    result = task.evaluate(model.to(dev), eval_loader(ds, data), dev)
     return {**result, "split": split}

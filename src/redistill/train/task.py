@@ -8,6 +8,7 @@ per-batch training metrics and for the evaluation that picks the best checkpoint
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from typing import Any, Callable, Optional
 
@@ -21,11 +22,31 @@ class Task:
 
     Attributes:
         term: name of the task's loss term in the logs (``"ce"``).
-        metric: the validation metric that chooses the best checkpoint (higher is better).
+        metric: the validation metric that chooses the best checkpoint.
+        higher_is_better: whether a larger :attr:`metric` is a better model (accuracy: yes;
+            a loss: no).
+        ema_decay: when set, the trainer keeps an EMA of the student's weights with this decay,
+            and that average is what is validated, checkpointed as the shipped model and exported.
     """
 
     term: str = "loss"
     metric: str = "score"
+    higher_is_better: bool = True
+    ema_decay: Optional[float] = None  # an EMA of the weights is what gets evaluated and shipped
+
+    def better(self, value: float, best: float) -> bool:
+        """Whether a validation ``value`` beats the ``best`` so far."""
+        return value > best if self.higher_is_better else value < best
+
+    def worst(self) -> float:
+        """The starting ``best`` that any finite value beats."""
+        return -math.inf if self.higher_is_better else math.inf
+
+    def example_input(self, in_channels: int, image_size: int, batch: int = 2) -> Any:
+        """A random network input (what method setup probes shapes with); drawn from a private
+        generator, so the training RNG is untouched."""
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(batch, in_channels, image_size, image_size, generator=gen)
 
     def prepare(self, batch: Any, device: torch.device, channels_last: bool = False) -> tuple[Any, torch.Tensor]:
         """``(inputs, targets)`` of a loader batch, on ``device``."""

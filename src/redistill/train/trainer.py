@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import random
 import sys
@@ -26,6 +25,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from redistill.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from redistill.diffusion import make_ema
 from redistill.distill import surgery_of
 from redistill.errors import UserError
 from redistill.flops import count_flops, count_params
@@ -38,7 +38,8 @@ from redistill.train.optim import build_optimizer, build_scheduler
 from redistill.train.preload import preloaded_loaders
 from redistill.train.rundir import prepare_run_dir, run_dir_lock, write_atomic, write_metrics, writing
 from redistill.train.stages import run_pre_stages
-from redistill.train.task import ClassificationTask
+from redistill.train.diffusion_task import DiffusionTask
+from redistill.train.task import ClassificationTask, Task
 from redistill.util import pick_device
 
 class _Divergence(Exception):
@@ -49,6 +50,13 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def build_task(cfg: Config, info: DataInfo) -> Task:
+    """The task a config names: classification (labels, CE) or diffusion (denoising)."""
+    if cfg.task == "diffusion":
+        return DiffusionTask(cfg.diffusion)
+    return ClassificationTask(cfg.optim.label_smoothing, batch_mixer(cfg.data.augment, info.num_classes))
 
 
 def progress_to_terminal() -> bool:
@@ -81,7 +89,7 @@ class _Loop:
                 f"the training split has {len(splits.train)} images, fewer than one batch of "
                 f"{cfg.data.batch_size // env.world_size} per process; lower data.batch_size or raise data.subset"
             )
-        self.task = ClassificationTask(cfg.optim.label_smoothing, batch_mixer(cfg.data.augment, self.info.num_classes))
+        self.task = build_task(cfg, self.info)
 
         teacher = load_teacher(cfg, self.info, trust_code=trust_code)
         self.distiller, self.student_info = build_distiller(cfg, self.info, self.task, teacher)
@@ -98,8 +106,14 @@ class _Loop:
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, cfg.run.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
+        # The EMA averages the student after each step; it is what is validated and shipped.
+        self.ema = make_ema(self.distiller.student, self.task.ema_decay) if self.task.ema_decay is not None else None
+        self.epoch, self.best_val, self.best_epoch = 0, self.task.worst(), 0
         self.elapsed = 0.0  # training seconds of earlier sessions of a resumed run
+
+    def shipped(self) -> nn.Module:
+        """The network that is validated, reported and exported: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.distiller.student
 
     # -------------------------------------------------------------- checkpoints
 
@@ -115,6 +129,7 @@ class _Loop:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "rng": rng_state(),
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
@@ -135,6 +150,10 @@ class _Loop:
         load_weights(self.distiller.student, state["model"], path, what="model")
         if self.distiller.method is not None:
             load_weights(self.distiller.method, state["method"], path, what="method")
+        if self.ema is not None:
+            if "ema" not in state:
+                raise UserError(f"checkpoint {path} lacks the EMA weights this run keeps; it cannot be resumed")
+            load_weights(self.ema, state["ema"], path, what="EMA")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -196,6 +215,8 @@ class _Loop:
                 nn.utils.clip_grad_norm_(list(self.distiller.trainable_parameters()), cfg.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.distiller.student)
             with warnings.catch_warnings():
                 # AMP skips the optimizer step while it calibrates its loss scale; the schedule
                 # still follows the step count, which is what torch's warning is about.
@@ -219,6 +240,8 @@ class _Loop:
         dd.average_buffers(env, self.distiller.student)
         if self.distiller.method is not None:
             dd.average_buffers(env, self.distiller.method)
+        if self.ema is not None:
+            dd.average_buffers(env, self.ema.module)
         names = list(sums) + list(metric_sums)
         values = [sums[k] for k in sums] + [metric_sums[k] for k in metric_sums]
         local = torch.stack([torch.as_tensor(v, device=self.device).double() for v in values]
@@ -228,15 +251,21 @@ class _Loop:
         return {f"train/{k}": float(v) / seen_all for k, v in zip(names, totals[:-1])}
 
 
-def model_figures(model: nn.Module, shape: tuple) -> dict[str, Any]:
-    """Peak memory (live and layer conventions, per image, fp32), parameters and FLOPs of a model."""
+def model_figures(model: nn.Module, example) -> dict[str, Any]:
+    """Peak memory (live and layer conventions, per image, fp32), parameters and FLOPs of a model.
+
+    Args:
+        model: the deployed network.
+        example: its input for one image: a shape, a tensor, or a tuple of tensors (a
+            denoiser's image and timestep).
+    """
     model = model.eval()
-    live = analyze_memory(model, shape, convention="live")
-    layer = analyze_memory(model, shape, convention="layer")
+    live = analyze_memory(model, example, convention="live")
+    layer = analyze_memory(model, example, convention="layer")
     return {
         "peak_bytes_live": int(live.peak_bytes), "peak_bytes_layer": int(layer.peak_bytes),
         "peak_module_live": live.peak_module,
-        "params": int(count_params(model)), "flops": int(count_flops(model, shape)),
+        "params": int(count_params(model)), "flops": int(count_flops(model, example)),
     }
 
 
@@ -333,11 +362,11 @@ def _train(cfg: Config, run_dir: Path, env: dd.DistEnv, device: torch.device, re
             record = {"epoch": loop.epoch, "lr": loop.optimizer.param_groups[0]["lr"], **record}
             metric = f"val/{loop.task.metric}"
             if loop.val_loader is not None:
-                val = loop.task.evaluate(loop.distiller.student, loop.val_loader, device, loop.amp, loop.channels_last)
+                val = loop.task.evaluate(loop.shipped(), loop.val_loader, device, loop.amp, loop.channels_last)
                 record.update({f"val/{k}": v for k, v in val.items() if k != "count"})
             record["weights"] = loop.distiller.weights()
             record["time_s"] = time.perf_counter() - epoch_start
-            improved = loop.val_loader is None or record[metric] > loop.best_val
+            improved = loop.val_loader is None or loop.task.better(record[metric], loop.best_val)
             if improved:
                 loop.best_val = record.get(metric, loop.best_val)
                 loop.best_epoch = loop.epoch
@@ -370,16 +399,22 @@ def _finish(loop: _Loop, run_dir: Path, train_time: float) -> dict:
     best = run_dir / "best.pt"
     dd.barrier(env)
     if best.is_file():
-        load_weights(loop.distiller.student, load_checkpoint(best)["model"], best)
-    test_best = loop.task.evaluate(loop.distiller.student, loop.test_loader, device, loop.amp, loop.channels_last)
+        state = load_checkpoint(best)
+        load_weights(loop.distiller.student, state["model"], best)
+        if loop.ema is not None:
+            load_weights(loop.ema, state["ema"], best, what="EMA")
+    test_best = loop.task.evaluate(loop.shipped(), loop.test_loader, device, loop.amp, loop.channels_last)
     summary: dict[str, Any] = {}
     if env.is_main:
-        deployed = loop.distiller.deployed_student()
+        method = loop.distiller.method
+        deployed = method.deploy(loop.shipped()) if method is not None else loop.shipped()
         info = loop.info
         shape = (1, info.in_channels, info.image_size, info.image_size)
-        figures = model_figures(_cpu_copy(deployed), shape)
+        figures = model_figures(_cpu_copy(deployed), loop.task.example_input(info.in_channels, info.image_size, batch=1))
         summary = {
             "run_dir": str(run_dir),
+            "task": cfg.task,
+            "metric": loop.task.metric,
             "model": loop.student_info.spec if loop.student_info.spec is not None else cfg.model.student,
             "method": cfg.distill.method,
             "pairs": pairs_to_data(loop.distiller.method),
