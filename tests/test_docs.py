@@ -74,7 +74,8 @@ def test_readme_is_a_short_guide():
     text = README.read_text()
     assert len(text.encode()) <= 12 * 1024, "README.md should stay a guide of at most ~12 KB"
     assert text.index("make demo") < text.index("make test") < text.index("## What it does")
-    for command in ("memory", "models", "derive", "layers", "train", "eval", "export", "demo"):
+    for command in ("memory", "models", "derive", "layers", "train", "eval", "export", "sample", "deploy", "patch",
+                    "fid", "demo"):
         assert f"| `{command}" in text, f"the command reference lacks {command}"
     assert "has not beaten the vanilla student" in text
 

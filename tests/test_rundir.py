@@ -205,7 +205,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(whole, tmp_path):
     # Other strides load the very same weight shapes: only the recorded architecture tells.
     cfg = tiny("model.student=cifar_resnet8:strides=1,2,2,2", f"model.teacher_checkpoint={run_dir}",
                "model.teacher=cifar_resnet8:strides=2,1,2,2", "distill.method=kd")
-    with pytest.raises(UserError, match=r"not the network .* trained as \(cifar_resnet8:strides=1,1,2,2\)"):
+    with pytest.raises(UserError, match=r"not the network .* trained as \(cifar_resnet8:strides=1,1,2,2:width=4\)"):
         run_training(cfg, tmp_path / "kd")
 
 
