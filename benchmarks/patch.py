@@ -9,7 +9,7 @@
    patched student: peak, FLOPs, latency, test accuracy (the patched ones evaluated with the patch
    executor on the whole test split), in one table and one plot.
 
-    python benchmarks/patch.py [--runs /work/wt14/runs/fm56_canvas] [--skip-torchvision]
+    python benchmarks/patch.py [--runs runs/fm56_canvas] [--skip-torchvision]
 Writes benchmarks/results/patch.{json,md,png}.
 """
 
@@ -196,7 +196,7 @@ def _plot(fm: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("/work/wt14/runs/fm56_canvas"),
+    parser.add_argument("--runs", type=Path, default=Path("runs/fm56_canvas"),
                         help="folder holding teacher_s0 and red_s0 (read only)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-torchvision", action="store_true")
