@@ -133,6 +133,19 @@ def test_search_finds_the_hand_worked_best_plan():
     assert report.flops_after == report.flops_before  # 1x1 convs: no halo to recompute
 
 
+def test_search_says_run_plainly_when_no_plan_lowers_the_peak():
+    # The peak is the 64-channel map after the global pool's only cut: patching the 1-channel
+    # conv before it cannot lower it, so the search keeps the plain model.
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.AdaptiveAvgPool2d(4), nn.Conv2d(1, 64, 1),
+                          nn.Upsample(scale_factor=8)).eval()
+    prep = prepare_model(model, (1, 1, 16, 16))
+    assert [c.name for c in candidate_splits(prep.trace)] == ["0"]
+    assert search(prep, dtype="fp32") == (None, 1)
+    report = evaluate(prep, None, 1, dtype="fp32", latency_repeats=0)
+    assert report.peak_after == report.peak_before
+    assert "no plan lowers its peak" in report.to_table()
+
+
 def test_budget_search_takes_the_cheapest_plan_that_fits():
     prep = prepare_model(_pointwise_pair(3), (1, 1, 32, 32))
     plans = [(s, n) for s in ("0", "1") for n in (2, 4, 8)]

@@ -73,7 +73,7 @@ class PatchReport:
         """The plan, peaks before/after, overheads and the exactness check, one line each."""
         d = self.dtype
         plan = f"split after '{self.split}' {self.split_shape}, {self.grid}x{self.grid} patches" \
-            if self.split else "no patching needed (the plain model meets the budget)"
+            if self.split else "none: the plain model meets the budget, or no plan lowers its peak"
         lines = [
             f"model {self.model}  input {'x'.join(map(str, self.input_shape))}  dtype {d}"
             + ("  in-place depthwise" if self.inplace_depthwise else ""),
@@ -276,7 +276,8 @@ def search(prep: Prepared, *, budget: int | str | None = None, dtype: str = "int
     """The plan with the smallest peak, or the one with the fewest FLOPs whose peak fits ``budget``.
 
     Ties on peak go to the smaller grid (less recomputation). Returns ``(split, grid)``; split is
-    None when the plain model already fits the budget.
+    None when the plain model already fits the budget, or, without a budget, when no plan lowers
+    its peak.
 
     Raises:
         UserError: no cut can run patch-wise, or no plan meets the budget (the best reachable is named).
@@ -328,6 +329,8 @@ def search(prep: Prepared, *, budget: int | str | None = None, dtype: str = "int
             f"no plan can go below {fmt_bytes(floor)}"
         raise UserError(f"no patch plan meets the budget {fmt_bytes(limit)} ({dtype}): {got}; "
                         "raise the budget or lower the input size")
+    if limit is None and best[0][0] >= max(base.live):
+        return None, 1  # no cut lowers the peak (it sits after every cut, or halos cost more): run plainly
     return best[1], best[2]
 
 
