@@ -23,9 +23,8 @@ RED_OPTIONS = ("gate_kernel", "encoder_kernel", "gate", "encoder", "shortcut")
 DISTANCES = ("cosine", "mse")
 
 
-def _conv_bn(channels: int, kernel: int, what: str) -> list[nn.Module]:
-    if kernel < 1 or kernel % 2 == 0:
-        raise UserError(f"RED {what} kernel must be an odd positive size (1, 3, 5, ...) to keep H x W, got {kernel}")
+def _conv_bn(channels: int, kernel: int) -> list[nn.Module]:
+    # The kernel is odd (REDBlock checks it), so padding kernel // 2 keeps H x W.
     # No conv bias: the BatchNorm that follows has its own shift.
     return [nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(channels)]
 
@@ -66,8 +65,8 @@ class REDBlock(nn.Module):
             raise UserError(f"a RED block needs a positive integer channel count, got {channels!r}")
         self.channels = int(channels)
         self.shortcut = bool(shortcut)
-        self.gate = nn.Sequential(*_conv_bn(channels, gate_kernel, "gate")) if gate else None
-        self.encoder = nn.Sequential(*_conv_bn(channels, encoder_kernel, "encoder"), nn.ReLU6()) if encoder else None
+        self.gate = nn.Sequential(*_conv_bn(channels, gate_kernel)) if gate else None
+        self.encoder = nn.Sequential(*_conv_bn(channels, encoder_kernel), nn.ReLU6()) if encoder else None
 
     def options(self) -> dict:
         """The constructor arguments that rebuild this block (minus ``channels``)."""
