@@ -8,9 +8,8 @@ from dataclasses import replace
 
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
-from torch.utils._pytree import tree_flatten, tree_map
 
-from redistill.memory.trace import Ref, Storage, Trace, Value
+from redistill.memory.trace import Ref, Storage, Trace, Value, map_args
 
 _BN_OPS = {"aten._native_batch_norm_legit_no_training.default", "aten.native_batch_norm.default"}
 
@@ -124,14 +123,14 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
         if op.index not in new_args and renamed.isdisjoint(op.inputs) and renamed.isdisjoint(op.outputs):
             ops.append(replace(op, index=new_index[op.index]))  # untouched by the folding
             continue
-        args = tree_map(swap, op.args)
+        args = map_args(swap, op.args)
         if op.index in new_args:
             w, b = new_args[op.index]
             args = (args[0], Ref(w), Ref(b), *args[3:])
         inputs = list(dict.fromkeys(rename.get(v, v) for v in _refs(args) + _refs(op.kwargs)))
-        ops.append(replace(op, index=new_index[op.index], args=args, kwargs=tree_map(swap, op.kwargs),
+        ops.append(replace(op, index=new_index[op.index], args=args, kwargs=map_args(swap, op.kwargs),
                            inputs=inputs, outputs=[rename.get(v, v) for v in op.outputs],
-                           out_tree=tree_map(swap, op.out_tree),
+                           out_tree=map_args(swap, op.out_tree),
                            in_place_of=None if op.in_place_of is None else rename.get(op.in_place_of, op.in_place_of)))
     for vid, v in values.items():
         values[vid] = replace(v, producer=remap(v.producer))
@@ -150,5 +149,6 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
 
 
 def _refs(tree) -> list[int]:
-    flat, _ = tree_flatten(tree)
-    return [x.vid for x in flat if isinstance(x, Ref)]
+    out: list[int] = []
+    map_args(lambda x: out.append(x.vid) if isinstance(x, Ref) else None, tree)
+    return out

@@ -91,6 +91,29 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+def map_args(fn, tree: Any) -> Any:
+    """``tree_map(fn, tree)`` for op arguments: plain tuples, lists and dicts are walked by hand (the
+    tracer calls this several times per op, and ``tree_map`` costs about ten times more); any other
+    container (a named tuple, a structseq) goes to ``tree_map``."""
+    kind = type(tree)
+    if kind is tuple:
+        return tuple(map_args(fn, x) for x in tree)
+    if kind is list:
+        return [map_args(fn, x) for x in tree]
+    if kind is dict:
+        return {k: map_args(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list, dict)):
+        return tree_map(fn, tree)
+    return fn(tree)
+
+
+def flat_tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors in op arguments, in ``tree_flatten`` order."""
+    out: list[torch.Tensor] = []
+    map_args(lambda x: out.append(x) if _is_tensor(x) else None, tree)
+    return out
+
+
 class _Tracer(TorchDispatchMode):
     def __init__(self, trace: Trace, param_cdata: set[int]):
         super().__init__()
@@ -169,12 +192,11 @@ class _Tracer(TorchDispatchMode):
             return func(*args, **kwargs)
         index = len(self.trace.ops)
         self._reap(index)
-        flat_in, _ = tree_flatten((args, kwargs))
-        in_tensors = [x for x in flat_in if _is_tensor(x)]
+        in_tensors = flat_tensors((args, kwargs))
         in_vids = [self._vid_of_arg(t) for t in in_tensors]
         # Placeholders are taken before the call: an add_ re-binds its tensor to a new value.
         to_ref = lambda x: Ref(self.vids[x]) if _is_tensor(x) else x  # noqa: E731
-        args_ref, kwargs_ref = tree_map(to_ref, args), tree_map(to_ref, kwargs)
+        args_ref, kwargs_ref = map_args(to_ref, args), map_args(to_ref, kwargs)
         out = func(*args, **kwargs)
 
         name = str(func)
@@ -200,7 +222,7 @@ class _Tracer(TorchDispatchMode):
             outputs.append(vid)
             return Ref(vid)
 
-        out_tree = tree_map(record, out)
+        out_tree = record(out) if _is_tensor(out) else tree_map(record, out)
         mod = self.module_stack[-1]
         self.trace.ops.append(
             Op(
