@@ -72,7 +72,7 @@ def targets(rows: dict[str, dict]) -> dict:
         for key, v in row["variants"].items():
             c = v["memory_comparison"]
             peaks[f"{name} {key}"] = {"relative_diff": c["relative_diff"], "within": c["within_tolerance"],
-                                      "explained": bool(c["reasons"] or c["per_op"])}
+                                      "explained": c["explained"]}
     for name, row in rows.items():
         for key, v in row["variants"].items():
             peaks[f"{name} {key}"]["tensors_within"] = abs(v["memory_comparison"]["tensor_relative_diff"]) <= PEAK_TOLERANCE

@@ -129,6 +129,122 @@ def test_measured_peak_of_a_conv_chain_is_worked_out_by_hand(tmp_path):
     assert analyze_memory(model, x, convention="live").peak_bytes == 24576
 
 
+def test_live_set_at_the_tensor_peak_of_a_conv_chain(tmp_path):
+    # The chain above: while conv1 runs, conv0's output (8 KiB) and its own (16 KiB) are live.
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    path = export_onnx(model, (x,), tmp_path / "chain.onnx", dynamic_batch=False)
+    measured = profile.measure_memory(path, x.numpy())
+    assert measured.tensor_peak_node == measured.nodes[1].name
+    assert [(t.op, t.dtype, t.bytes) for t in measured.live_at_tensor_peak] == [("Conv", "float", 8192),
+                                                                               ("Conv", "float", 16384)]
+
+
+class _StemRED(nn.Module):
+    """conv -> (RED-like gated residual) -> BatchNorm: the BatchNorm has no convolution of its own to fold into."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 8, 3, padding=1)
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y * torch.sigmoid(self.gate(y)) + y
+        return self.head(torch.relu(self.bn(y)).mean((2, 3), keepdim=True).flatten(1))
+
+
+def test_a_batchnorm_that_cannot_fold_becomes_a_depthwise_conv(tmp_path):
+    model = _StemRED()
+    _randomise_bn(model)
+    model.eval()
+    x = torch.randn(4, 2, 8, 8)
+    result = fold_model(model, (x,))
+    assert result.unfolded_bn == ["bn"] and result.bn_as_conv == ["bn"]
+    conv = result.model.bn
+    assert isinstance(conv, nn.Conv2d) and conv.groups == 8 and conv.kernel_size == (1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x), atol=1e-5, rtol=1e-5)
+    assert not fold_model(model, (x,), depthwise=False).bn_as_conv
+
+
+def test_int8_graph_has_no_fp32_islands_for_a_leftover_batchnorm_or_a_mean(tmp_path):
+    # Without the rewrites the unfoldable BatchNorm and the spatial mean would run in fp32 between
+    # DequantizeLinear / QuantizeLinear; with them only the input's quantize and the logits' dequantize remain.
+    import onnx
+
+    model = _StemRED()
+    _randomise_bn(model)
+    model.eval()
+    x = torch.randn(16, 2, 8, 8)
+    fp32 = export_onnx(fold_model(model, (x,)).model, (x[:2],), tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(fp32)).graph.node]
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops and "BatchNormalization" not in ops
+    got = profile.run(profile.session(fp32), x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5, rtol=1e-4)
+    int8 = quantize_onnx(fp32, tmp_path / "q.onnx", [x.numpy()])
+    q_ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert q_ops.count("DequantizeLinear") == 1 and q_ops.count("QuantizeLinear") == 1, q_ops
+    measured = profile.measure_memory(int8, x[:1].numpy())
+    assert {t.dtype for t in measured.live_at_tensor_peak} == {"uint8"}
+
+
+def test_global_pools_leaves_other_means_alone(tmp_path):
+    import onnx
+
+    class ChannelMean(nn.Module):
+        def forward(self, x):
+            return x.mean(1, keepdim=True) + x.mean((2, 3), keepdim=True)
+
+    x = torch.randn(2, 3, 4, 4)
+    path = export_onnx(ChannelMean(), (x,), tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("ReduceMean") == 1 and ops.count("GlobalAveragePool") == 1
+    np.testing.assert_allclose(profile.run(profile.session(path), x.numpy()), ChannelMean()(x).numpy(), atol=1e-6)
+
+
+def _red_stem_report():
+    model = create_model("cifar_resnet8", num_classes=3, in_channels=1, width=4, strides=[4, 1, 1, 1]).eval()
+    x = torch.randn(1, 1, 32, 32)
+    insert_red(model, "conv1", "out", example_input=x)
+    return analyze_memory(model.eval(), x, convention="live")  # 3 tensors of 16 ch x 8 x 8 fp32 at the gate's mul
+
+
+def _measured(live: list[tuple[str, str, str]], dtype: str = "float", lag: int = 0) -> profile.MeasuredMemory:
+    tensors = [profile.LiveTensor(node, op, dtype, 4096) for node, op, _ in live]
+    node = profile.NodeMemory(0, live[-1][0], live[-1][1], 0, 0, 0)
+    total = sum(t.bytes for t in tensors) + lag
+    return profile.MeasuredMemory(total, total, 0, node.name, [node], node.name, tensors)
+
+
+def test_a_tensor_excess_from_onnxruntime_node_order_names_the_two_ops():
+    from redistill.deploy.report import compare_memory
+
+    predicted = _red_stem_report()
+    assert predicted.peak_bytes == 3 * 4096
+    # onnxruntime ran the encoder's convolution before the gate's multiply: four tensors live there
+    live = [("c", "Conv", "conv1.layer"), ("g", "FusedConv", "conv1.red_out.gate.0"),
+            ("e", "FusedConv", "conv1.red_out.encoder.0"), ("m", "Mul", "conv1.red_out")]
+    cmp_ = compare_memory(predicted, _measured(live), 1024, "fp32", {n: mod for n, _, mod in live})
+    why = next(r for r in cmp_["reasons"] if r.startswith("at node m"))
+    assert "holds 4 tensors (16.0 KiB" in why
+    assert "runs FusedConv `conv1.red_out.encoder.0` before Mul `conv1.red_out`" in why
+
+
+def test_a_tensor_excess_from_fp32_ops_in_an_int8_graph_names_the_op():
+    from redistill.deploy.report import compare_memory
+
+    predicted = _red_stem_report()
+    live = [("d", "DequantizeLinear", ""), ("b", "BatchNormalization", "bn1")]
+    cmp_ = compare_memory(predicted, _measured(live, lag=8192), 1024, "int8", {"b": "bn1"})
+    why = next(r for r in cmp_["reasons"] if r.startswith("at node b"))
+    assert "BatchNormalization, DequantizeLinear has no int8 kernel here" in why
+    assert "another 8.0 KiB back only after this node" in why
+
+
 def test_deploy_writes_models_and_report(tmp_path):
     out = tmp_path / "dep"
     report = deploy("cifar_resnet8:width=4", DeployOptions(input="1x3x16x16", out=out, calib=8, runs=3,

@@ -8,6 +8,10 @@ splitting it would leave a small remainder) and ``mem_in_use_peak`` the highest 
 (kernel workspace such as im2col buffers included).
 What was in use before the first node (initializer copies, small constants) is subtracted. The
 input fed by the caller lives outside the arena and is not counted.
+
+Which tensors are live at a node is worked out from the graph onnxruntime optimised (saved from the
+session) and the node order the profiler recorded: a tensor is live from the node that writes it to
+its last reader.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 # Level used for memory: fusions (Conv+Relu, ...) but not the NCHWc layout of ORT_ENABLE_ALL,
@@ -29,13 +34,17 @@ MEMORY_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 LATENCY_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
-def session(path: Path, threads: int = 1, level=LATENCY_LEVEL, profile_dir: Path | None = None) -> ort.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads (and one inter-op thread)."""
+def session(path: Path, threads: int = 1, level=LATENCY_LEVEL, profile_dir: Path | None = None,
+            optimized: Path | None = None) -> ort.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads (and one inter-op thread); ``optimized``: where to
+    save the graph onnxruntime runs."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = level
     so.log_severity_level = 3
+    if optimized is not None:
+        so.optimized_model_filepath = str(optimized)
     if profile_dir is not None:
         so.enable_profiling = True
         so.enable_mem_pattern = False  # allocate per node, so the arena follows tensor lifetimes
@@ -63,6 +72,16 @@ class NodeMemory:
 
 
 @dataclass
+class LiveTensor:
+    """A tensor live at a node: which node wrote it, its element type and bytes."""
+
+    producer: str
+    op: str
+    dtype: str
+    bytes: int
+
+
+@dataclass
 class MeasuredMemory:
     """The onnxruntime arena over one run."""
 
@@ -71,14 +90,17 @@ class MeasuredMemory:
     base_bytes: int  # in use before the first node
     peak_node: str
     nodes: list[NodeMemory]
+    tensor_peak_node: str = ""  # where ``tensor_peak_bytes`` is reached
+    live_at_tensor_peak: list[LiveTensor] = field(default_factory=list)  # in node order
 
 
 def measure_memory(path: Path, x: np.ndarray) -> MeasuredMemory:
     """Run ``path`` once on ``x`` with the profiler on and read the arena's memory fields."""
     with tempfile.TemporaryDirectory() as tmp:
-        sess = session(path, threads=1, level=MEMORY_LEVEL, profile_dir=Path(tmp))
+        sess = session(path, threads=1, level=MEMORY_LEVEL, profile_dir=Path(tmp), optimized=Path(tmp) / "opt.onnx")
         run(sess, x)
         events = json.loads(Path(sess.end_profiling()).read_text())
+        graph = onnx.load(str(Path(tmp) / "opt.onnx"), load_external_data=False).graph
     kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
                and "mem_bytes_in_use" in e.get("args", {})]
     if not kernels:
@@ -97,7 +119,32 @@ def measure_memory(path: Path, x: np.ndarray) -> MeasuredMemory:
                                 int(a["mem_bytes_in_use"]) - base, int(a["mem_bytes_requested_in_use"]) - base_req,
                                 own - base, outputs))
     peak_node = max(nodes, key=lambda n: n.peak)
-    return MeasuredMemory(peak_node.peak, max(n.requested for n in nodes), base, peak_node.name, nodes)
+    tensor_node = max(nodes, key=lambda n: n.requested)
+    return MeasuredMemory(peak_node.peak, tensor_node.requested, base, peak_node.name, nodes,
+                          tensor_node.name, live_tensors(graph, nodes, tensor_node.index))
+
+
+_BYTES = {"float": 4, "float16": 2, "double": 8, "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1}
+
+
+def live_tensors(graph, nodes: list[NodeMemory], at: int) -> list[LiveTensor]:
+    """The tensors live while node ``at`` runs: written at or before it, read at or after it (or outputs)."""
+    by_name = {n.name: n for n in graph.node}
+    order = [by_name.get(n.name) for n in nodes]
+    last: dict[str, int] = {}
+    for i, node in enumerate(order):
+        for name in node.input if node is not None else ():
+            last[name] = i
+    outputs = {o.name for o in graph.output}
+    live = []
+    for i, (node, mem) in enumerate(zip(order[:at + 1], nodes[:at + 1])):
+        if node is None:
+            continue
+        for name, (dtype, shape) in zip(node.output, mem.outputs):
+            if last.get(name, -1) >= at or name in outputs:
+                size = int(np.prod(shape)) * _BYTES.get(dtype, 4)
+                live.append(LiveTensor(node.name, node.op_type, dtype, size))
+    return live
 
 
 @dataclass

@@ -64,14 +64,21 @@ def compare_memory(predicted: MemoryReport, measured: MeasuredMemory, input_elem
     if slack > TOLERANCE * max(pred, 1):
         reasons.append(f"the arena hands out whole chunks: up to {fmt_bytes(slack)} in use beyond what the live "
                        "tensors requested (the measured peak counts chunks, the tensor figure requests)")
-    if predicted.peak_op in _FUSED_INTO_CONV:
+    tensor_rel = (measured.tensor_peak_bytes - pred) / pred if pred else 0.0
+    explained = abs(tensor_rel) <= TOLERANCE  # the rest is workspace and arena chunks, named above
+    if tensor_rel > TOLERANCE and measured.live_at_tensor_peak:
+        reasons.append(_tensor_excess(predicted, measured, node_modules, dtype))
+        explained = True
+    if tensor_rel < -TOLERANCE and predicted.peak_op in _FUSED_INTO_CONV:
         reasons.append(f"the analyzer's peak is at {predicted.peak_op.split('.')[0]} in {predicted.peak_module}, "
                        "where its input and output are both live; onnxruntime fuses the activation into the "
                        "convolution (FusedConv), so that pair never coexists")
+        explained = True
     first_conv = next((t for t in predicted.timeline if t.op == "convolution.default"), None)
-    if first_conv is not None and first_conv.index == predicted.peak_index:
+    if tensor_rel < -TOLERANCE and first_conv is not None and first_conv.index == predicted.peak_index:
         reasons.append(f"the analyzer's peak includes the model input ({fmt_bytes(input_elems * elem)}); "
                        "the caller holds it outside the onnxruntime arena")
+        explained = True
     per_op = []
     p_convs = [t for t in predicted.timeline if t.op == "convolution.default"]
     by_module = {node_modules.get(n.name.removesuffix("_quant")): n for n in measured.nodes if n.op in _CONV_NODES}
@@ -88,8 +95,56 @@ def compare_memory(predicted: MemoryReport, measured: MeasuredMemory, input_elem
     if abs(rel) > TOLERANCE and not reasons and not per_op:
         reasons.append("buffer lifetimes differ: onnxruntime frees a tensor after its last reader in its own node order")
     return {"predicted_bytes": pred, "measured_bytes": meas, "measured_tensor_bytes": measured.tensor_peak_bytes,
-            "relative_diff": rel, "tensor_relative_diff": (measured.tensor_peak_bytes - pred) / pred if pred else 0.0,
-            "within_tolerance": abs(rel) <= TOLERANCE, "reasons": reasons, "per_op": per_op}
+            "relative_diff": rel, "tensor_relative_diff": tensor_rel,
+            "within_tolerance": abs(rel) <= TOLERANCE, "explained": abs(rel) <= TOLERANCE or explained,
+            "reasons": reasons, "per_op": per_op}
+
+
+# onnxruntime op -> the aten op name it carries out (as the analyzer's timeline names it)
+_ATEN = {"Conv": "convolution", "FusedConv": "convolution", "QLinearConv": "convolution", "Mul": "mul",
+         "QLinearMul": "mul", "Add": "add", "QLinearAdd": "add", "Sigmoid": "sigmoid", "QLinearSigmoid": "sigmoid",
+         "Relu": "relu", "BatchNormalization": "batch_norm", "MaxPool": "max_pool", "AveragePool": "avg_pool",
+         "GlobalAveragePool": "mean", "QLinearGlobalAveragePool": "mean", "Concat": "cat", "QLinearConcat": "cat"}
+
+
+def _tensor_excess(predicted: MemoryReport, measured: MeasuredMemory, node_modules: dict[str, str], dtype: str) -> str:
+    """Why onnxruntime's live tensors at its tensor peak exceed the analyzer's peak, from the live set there."""
+    live = measured.live_at_tensor_peak
+    total = sum(t.bytes for t in live)
+    module = {t.producer: node_modules.get(t.producer.removesuffix("_quant"), "") for t in live}
+    listed = ", ".join(f"{t.op} `{module[t.producer] or t.producer}` {t.dtype} {fmt_bytes(t.bytes)}" for t in live)
+    head = (f"at node {measured.tensor_peak_node} onnxruntime holds {len(live)} tensors ({fmt_bytes(total)}: "
+            f"{listed})")
+    lag = measured.tensor_peak_bytes - total
+    tail = (f"; the arena gets another {fmt_bytes(lag)} back only after this node (earlier nodes' inputs)"
+            if lag > TOLERANCE * max(predicted.peak_bytes, 1) else "")
+    floats = [t for t in live if dtype == "int8" and t.dtype in ("float", "double")]
+    if floats:
+        ops = sorted({t.op for t in floats})
+        return (head + f": {', '.join(ops)} has no int8 kernel here, so it runs in fp32 between a dequantize and a "
+                "quantize node and its tensors take 4 bytes an element where the analyzer counts 1" + tail)
+    # the traced order of the live tensors' producers, matched by module and op kind
+    used: set[int] = set()
+    position = {}
+    for t in live:
+        kind = _ATEN.get(t.op, "")
+        hit = next((e.index for e in predicted.timeline if e.index not in used and e.module == module[t.producer]
+                    and kind and e.op.startswith(kind)), None)
+        if hit is not None:
+            used.add(hit)
+            position[t.producer] = hit
+    ranked = [t for t in live if t.producer in position]
+    here = next((t for t in ranked if t.producer == measured.tensor_peak_node), None)
+    ahead = [t for t in ranked if here is not None and position[t.producer] > position[here.producer]]
+    pairs = ([(a, here) for a in ahead] if ahead else
+             [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:] if position[a.producer] > position[b.producer]])
+    if pairs:
+        a, b = pairs[0]
+        return (head + f": onnxruntime runs {a.op} `{module[a.producer]}` before {b.op} `{module[b.producer]}`, "
+                "the reverse of the traced PyTorch order, so their outputs are live together; the analyzer follows "
+                f"the traced order ({fmt_bytes(predicted.peak_bytes)})" + tail)
+    return (head + f": onnxruntime's node order keeps these tensors live together; the traced order never holds "
+            f"more than {fmt_bytes(predicted.peak_bytes)}" + tail)
 
 
 def _why(k: int, p, m, predicted: MemoryReport, input_bytes: int, elem: int) -> str:
