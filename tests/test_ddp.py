@@ -30,6 +30,8 @@ finish = trainer._finish
 
 def keep_rank_weights(loop, run_dir, train_time):
     torch.save(loop.distiller.student.state_dict(), run_dir / f"rank{loop.env.rank}.pt")
+    if loop.ema is not None:
+        torch.save(loop.ema.state_dict(), run_dir / f"ema{loop.env.rank}.pt")
     return finish(loop, run_dir, train_time)
 
 trainer._finish = keep_rank_weights
@@ -37,15 +39,20 @@ run_training(load_config(sys.argv[1]), sys.argv[2])
 """
 
 
-def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+def _torchrun(tmp_path, config: dict):
     cfg, script, out = tmp_path / "cfg.yaml", tmp_path / "ddp_run.py", tmp_path / "run"
-    cfg.write_text(yaml.safe_dump(CONFIG))
+    cfg.write_text(yaml.safe_dump(config))
     script.write_text(_SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(cfg), str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+    out = _torchrun(tmp_path, CONFIG)
     rank0 = torch.load(out / "rank0.pt", weights_only=True)
     rank1 = torch.load(out / "rank1.pt", weights_only=True)
     last = load_checkpoint(out / "last.pt")["model"]
@@ -59,6 +66,33 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 logs
     assert summary["epochs"] == 2 and summary["best_epoch"] in (1, 2)
+
+
+DIFFUSION = {
+    "task": "diffusion",
+    "model": {"student": "ddpm_unet:ch=8:ch_mult=1,2:num_res_blocks=1:attn=:dropout=0", "in_channels": 1},
+    "data": {"name": "synthetic", "workers": 0, "batch_size": 8, "normalize": "symmetric", "augment": {"crop": "none"},
+             "synthetic": {"train_size": 40, "test_size": 8, "image_size": 8, "channels": 1}},
+    "optim": {"name": "adam", "lr": 2e-3, "weight_decay": 0.0, "grad_clip": 1.0},
+    "diffusion": {"ema_decay": 0.5},
+    "run": {"epochs": 1, "progress": False, "device": "cpu"},
+}
+
+
+def test_diffusion_under_ddp_keeps_one_ema_on_both_processes(tmp_path):
+    out = _torchrun(tmp_path, DIFFUSION)
+    ema0, ema1 = (torch.load(out / f"ema{r}.pt", weights_only=True) for r in (0, 1))
+    student = torch.load(out / "rank0.pt", weights_only=True)
+    saved = load_checkpoint(out / "last.pt")["ema"]
+    assert ema0.keys() == ema1.keys() == saved.keys()
+    for key in ema0:
+        assert torch.equal(ema0[key], ema1[key]), key
+        assert torch.equal(ema0[key], saved[key]), key
+    # 36 training images, global batch 8: 4 full steps, each averaged in (decay 0.5), so the EMA is not the student
+    assert int(ema0["n_averaged"]) == 4
+    weights = [k for k in student if k.endswith("weight")]
+    assert any(not torch.equal(ema0[f"module.{k}"], student[k]) for k in weights)
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.slow
