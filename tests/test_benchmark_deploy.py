@@ -7,29 +7,6 @@ import json
 import pytest
 import yaml
 
-from redistill.train import run_training
-
-
-def _config(strides: list[int]) -> dict:
-    return {"model": {"student": "cifar_resnet8", "options": {"width": 4, "strides": strides}},
-            "data": {"name": "synthetic", "workers": 0, "batch_size": 16,
-                     "synthetic": {"train_size": 64, "test_size": 32, "image_size": 16}},
-            "run": {"epochs": 1, "progress": False, "device": "cpu"}}
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """teacher_s0 / vanilla_s0 / red_s0: strides 1,1,2,2, and two x4 students 4,1,1,1 (the last with RED)."""
-    root = tmp_path_factory.mktemp("runs")
-    run_training(_config([1, 1, 2, 2]), root / "teacher_s0")
-    run_training(_config([4, 1, 1, 1]), root / "vanilla_s0")
-    red = _config([4, 1, 1, 1])
-    red["model"]["teacher_checkpoint"] = str(root / "teacher_s0")
-    red["distill"] = {"method": "red", "pairs": "auto", "options": {"alpha": 1.0}}
-    run_training(red, root / "red_s0")
-    (root / "unrelated").mkdir()
-    return root
-
 
 def test_find_runs_names_the_missing_role(load_benchmark, tmp_path):
     bd = load_benchmark("deploy.py")
@@ -39,7 +16,8 @@ def test_find_runs_names_the_missing_role(load_benchmark, tmp_path):
         bd.main(["--runs", str(tmp_path), "--out", str(tmp_path / "res")])
 
 
-def test_end_to_end_on_tiny_runs(load_benchmark, runs, tmp_path):
+def test_end_to_end_on_tiny_runs(load_benchmark, tiny_protocol_runs, tmp_path):
+    runs = tiny_protocol_runs
     bd = load_benchmark("deploy.py")
     out = tmp_path / "res"
     assert bd.main(["--runs", str(runs), "--skip-torchvision", "--calib", "16", "--latency-runs", "3",
