@@ -135,7 +135,8 @@ def write(tv: list[dict], mcu: dict | None, fm: list[dict]) -> None:
                   "latency overhead | max abs diff | exact |", "|---|---|---|---|---|---|---|---|---|"]
         for r in tv:
             lat = r["latency_after_s"] / r["latency_before_s"] - 1 if r["latency_before_s"] else float("nan")
-            lines.append(f"| {r['model']} | {r['split']} {r['grid']}x{r['grid']} | {_kib(r['peak_before']['int8'])} | "
+            plan = f"{r['split']} {r['grid']}x{r['grid']}" if r["split"] else "none lowers the peak"
+            lines.append(f"| {r['model']} | {plan} | {_kib(r['peak_before']['int8'])} | "
                          f"{_kib(r['peak_after']['int8'])} | {r['reduction']:.2f}x | {100 * r['flops_overhead']:+.1f}% | "
                          f"{100 * lat:+.0f}% | {r['max_abs_diff']:.2g} | {'yes' if r['exact'] else 'NO'} |")
         lines.append("")
