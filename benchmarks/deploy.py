@@ -56,7 +56,7 @@ def row_of(name: str, report) -> dict:
     return {"name": name, "model": report.model, "input_shape": report.input_shape, "params": report.params,
             "flops": report.flops, "accuracy": d["accuracy"], "parity_fp32": d["parity_fp32"],
             "parity_int8": d["parity_int8"], "torchao": d["torchao"], "folded_pairs": d["folded_pairs"],
-            "unfolded_bn": d["unfolded_bn"], "variants": d["variants"]}
+            "unfolded_bn": d["unfolded_bn"], "bn_as_conv": d["bn_as_conv"], "variants": d["variants"]}
 
 
 def targets(rows: dict[str, dict]) -> dict:

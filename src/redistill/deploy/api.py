@@ -229,7 +229,7 @@ def _deploy_into(work: Path, src: _Source, probe: torch.Tensor, example: torch.T
               "max_abs_diff": float(np.abs(ort_logits - ref_logits).max()),
               "top1_agreement": float((ort_logits.argmax(1) == ref_logits.argmax(1)).mean() * 100)}
     report = DeployReport(model=src.name, input_shape=list(src.shape), source=src.extra,
-                          folded_pairs=len(folded.pairs), unfolded_bn=folded.unfolded_bn,
+                          folded_pairs=len(folded.pairs), unfolded_bn=folded.unfolded_bn, bn_as_conv=folded.bn_as_conv,
                           fold_max_abs_diff=folded.max_abs_diff, parity_fp32=parity,
                           params=count_params(model), flops=count_flops(folded.model, example))
     variants = {"fp32": fp32_path}

@@ -37,7 +37,7 @@ def bn_as_depthwise(bn: nn.BatchNorm2d) -> nn.Conv2d:
     with torch.no_grad():
         conv.weight.copy_(scale.view(-1, 1, 1, 1))
         conv.bias.copy_(shift - bn.running_mean * scale)
-    return conv.to(bn.running_mean.device).eval()
+    return conv.to(device=bn.running_mean.device, dtype=bn.running_mean.dtype).eval()
 
 
 def fold_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], atol: float = 1e-3,
