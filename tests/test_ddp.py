@@ -51,15 +51,20 @@ def _torchrun(tmp_path, config: dict):
     return out
 
 
-def test_two_cpu_processes_end_with_identical_weights(tmp_path):
-    out = _torchrun(tmp_path, CONFIG)
-    rank0 = torch.load(out / "rank0.pt", weights_only=True)
-    rank1 = torch.load(out / "rank1.pt", weights_only=True)
-    last = load_checkpoint(out / "last.pt")["model"]
-    assert rank0.keys() == rank1.keys() == last.keys()
+def _same_on_both_ranks_and_saved(out, prefix: str, checkpoint_key: str) -> dict:
+    """The state dicts rank 0 and rank 1 saved as ``prefix{rank}.pt`` equal each other and ``last.pt``'s."""
+    rank0, rank1 = (torch.load(out / f"{prefix}{r}.pt", weights_only=True) for r in (0, 1))
+    saved = load_checkpoint(out / "last.pt")[checkpoint_key]
+    assert rank0.keys() == rank1.keys() == saved.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-        assert torch.equal(rank0[key], last[key]), key
+        assert torch.equal(rank0[key], saved[key]), key
+    return rank0
+
+
+def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+    out = _torchrun(tmp_path, CONFIG)
+    _same_on_both_ranks_and_saved(out, "rank", "model")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     # 72 training images, global batch 16 split over 2 processes: 4 steps of 8 per process.
@@ -81,13 +86,8 @@ DIFFUSION = {
 
 def test_diffusion_under_ddp_keeps_one_ema_on_both_processes(tmp_path):
     out = _torchrun(tmp_path, DIFFUSION)
-    ema0, ema1 = (torch.load(out / f"ema{r}.pt", weights_only=True) for r in (0, 1))
+    ema0 = _same_on_both_ranks_and_saved(out, "ema", "ema")
     student = torch.load(out / "rank0.pt", weights_only=True)
-    saved = load_checkpoint(out / "last.pt")["ema"]
-    assert ema0.keys() == ema1.keys() == saved.keys()
-    for key in ema0:
-        assert torch.equal(ema0[key], ema1[key]), key
-        assert torch.equal(ema0[key], saved[key]), key
     # 36 training images, global batch 8: 4 full steps, each averaged in (decay 0.5), so the EMA is not the student
     assert int(ema0["n_averaged"]) == 4
     weights = [k for k in student if k.endswith("weight")]
