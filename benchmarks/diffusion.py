@@ -1,5 +1,9 @@
-"""Teacher, vanilla x2 and RED x2 DDPM UNets on Fashion-MNIST (32 px): FID, KID, precision, recall,
-peak memory (both conventions), parameters, FLOPs per denoising step and sampling time per image.
+"""Teacher, vanilla x2, RED x2 and student+ x2 DDPM UNets on Fashion-MNIST (32 px): FID, KID, precision,
+recall, peak memory (both conventions), parameters, FLOPs per denoising step and sampling time per image.
+
+student+ is the authors' control: the RED student's blocks and loss weights with every RED alpha 0, so
+its blocks are trained by the diffusion loss alone; RED - student+ is what the distillation adds beyond
+the blocks' own compute.
 
 Three forms (each writes its own files under benchmarks/results/):
 
@@ -26,6 +30,7 @@ sampling seeds; the reference for FID / KID / precision / recall is as many Fash
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -44,7 +49,9 @@ from redistill.util import fmt_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = (("teacher", "teacher [1,2,2,2]"), ("vanilla", "x2 student, no distillation"),
-        ("red", "x2 student, RED (pairs: auto, cosine, alpha 1)"))
+        ("red", "x2 student, RED (pairs: auto, cosine, alpha 1)"),
+        ("student_plus", "x2 student+, RED blocks, alpha 0 (no distillation)"))
+GRID_TITLES = {"teacher": "teacher", "vanilla": "vanilla x2", "red": "RED x2", "student_plus": "student+ x2"}
 
 _TINY = "{ch: 8, ch_mult: [1, 2, 2, 2], num_res_blocks: 1, attn: [1], dropout: 0.0, norm_groups: 4}"
 _SMALL = "{ch: 16, ch_mult: [1, 2, 2, 2], num_res_blocks: 1, attn: [1], dropout: 0.0, norm_groups: 8}"
@@ -91,9 +98,11 @@ def train_arms(form: dict, work: Path) -> dict[str, dict]:
     """Train (or reuse / resume) the three runs; returns their summaries."""
     opts = DemoOptions(out=work, config_dir=default_config_dir(), overrides=list(form["overrides"]), progress=False)
     cfgs = load_demo_configs(opts)
+    cfgs["student_plus"] = copy.deepcopy(cfgs["red"])
+    cfgs["student_plus"].distill.options = {**cfgs["red"].distill.options, "alpha": 0.0}
     summaries, statuses = {}, {}
     for name, what in ARMS:
-        overwrite = name == "red" and statuses.get("teacher") not in (None, "reused")
+        overwrite = name in ("red", "student_plus") and statuses.get("teacher") not in (None, "reused")
         _say(f"{name}: {what}")
         t0 = time.perf_counter()
         summaries[name], statuses[name] = run_stage(name, cfgs[name], work / name, overwrite=overwrite)
@@ -149,6 +158,13 @@ def aggregate(summaries: dict, scores: dict) -> list[dict]:
     return rows
 
 
+def _spread(form: dict, *rows: dict) -> float | None:
+    """The larger FID standard deviation over sampling seeds of ``rows`` (None with one seed)."""
+    if len(form["seeds"]) < 2:
+        return None
+    return max(r["fid"]["std"] for r in rows if r["fid"]["std"] is not None)
+
+
 def _pm(stat: dict, fmt: str) -> str:
     return fmt.format(stat["mean"]) + (f" ± {fmt.format(stat['std'])}" if stat["std"] is not None else "")
 
@@ -157,7 +173,8 @@ def write_results(form_name: str, form: dict, rows: list[dict], work: Path) -> P
     """benchmarks/results/diffusion[_form].{json,md}, the sample grids and the FID-vs-memory plot."""
     stem = "diffusion" if form_name == "cpu" else f"diffusion_{form_name}"
     RESULTS.mkdir(exist_ok=True)
-    teacher, vanilla, red = rows
+    by = {r["name"]: r for r in rows}
+    teacher, vanilla, red, plus = by["teacher"], by["vanilla"], by["red"], by["student_plus"]
     grids = {}
     for row in rows:  # the first 64 images of seed 0: the same initial noise for every arm
         images = load_samples(work / row["name"] / f"samples_seed{form['seeds'][0]}").float() / 127.5 - 1
@@ -165,13 +182,18 @@ def write_results(form_name: str, form: dict, rows: list[dict], work: Path) -> P
     plot = _plot(rows, RESULTS / f"{stem}_fid_vs_memory.png", form["label"])
     reduction = {c: teacher[f"peak_bytes_{c}"] / vanilla[f"peak_bytes_{c}"] for c in ("live", "layer")}
     gap = vanilla["fid"]["mean"] - red["fid"]["mean"]
-    spread = max(s for s in (vanilla["fid"]["std"], red["fid"]["std"]) if s is not None) if len(form["seeds"]) > 1 else None
+    spread = _spread(form, vanilla, red)
+    plus_gap, plus_spread = plus["fid"]["mean"] - red["fid"]["mean"], _spread(form, plus, red)
     verdict = {
         "student_peak_4x_below_teacher": {c: reduction[c] >= 4.0 for c in reduction},
         "peak_reduction": reduction,
         "red_fid_below_vanilla_by": gap,
         "seed_spread_fid": spread,
         "red_beats_vanilla_beyond_seed_spread": (gap > spread) if spread is not None else None,
+        "red_fid_below_student_plus_by": plus_gap,
+        "seed_spread_fid_student_plus": plus_spread,
+        "red_beats_student_plus_beyond_seed_spread": (plus_gap > plus_spread) if plus_spread is not None else None,
+        "student_plus_fid_below_vanilla_by": vanilla["fid"]["mean"] - plus["fid"]["mean"],
     }
     data = {"form": form_name, "label": form["label"], "overrides": form["overrides"],
             "sampler": f"DDIM, {form['steps']} steps, eta 0", "samples_per_seed": form["samples"],
@@ -195,6 +217,7 @@ def write_results(form_name: str, form: dict, rows: list[dict], work: Path) -> P
             f"{fmt_bytes(r['peak_bytes_layer'], unit='KiB')} | {r['params']:,} | {r['flops_per_step'] / 1e6:.1f} M | "
             f"{r['sample_s_per_image']['mean']:.4f} |")
     beyond = verdict["red_beats_vanilla_beyond_seed_spread"]
+    beyond_plus = verdict["red_beats_student_plus_beyond_seed_spread"]
     lines += [
         "",
         "Peak memory: per image, fp32, one denoising step of the deployed model (RED blocks included); *live* = "
@@ -207,11 +230,16 @@ def write_results(form_name: str, form: dict, rows: list[dict], work: Path) -> P
         f"- RED FID - vanilla FID = {-gap:+.2f} ({'RED better' if gap > 0 else 'RED not better'}); largest seed "
         f"spread (std) {spread if spread is None else f'{spread:.2f}'}: RED better beyond the spread: "
         + ("yes" if beyond else "no" if beyond is not None else "unknown (one seed)"),
+        f"- RED FID - student+ FID = {-plus_gap:+.2f}; largest seed spread (std) "
+        f"{plus_spread if plus_spread is None else f'{plus_spread:.2f}'}: RED better beyond the spread: "
+        + ("yes" if beyond_plus else "no" if beyond_plus is not None else "unknown (one seed)")
+        + f"; student+ FID - vanilla FID = {-verdict['student_plus_fid_below_vanilla_by']:+.2f}",
+        "- one training run per arm: the spread is over sampling seeds only, not over training seeds",
         "",
         f"![FID vs peak memory]({plot.name})",
         "",
-        "| teacher | vanilla x2 | RED x2 |",
-        "|---|---|---|",
+        "| " + " | ".join(GRID_TITLES[n] for n, _ in ARMS) + " |",
+        "|" + "---|" * len(ARMS),
         "| " + " | ".join(f"![{n}]({grids[n]})" for n, _ in ARMS) + " |",
         "",
     ]

@@ -31,8 +31,10 @@ def test_verdict_and_files(bd, tmp_path, monkeypatch, red_fids, beyond):
     for name, _ in bd.ARMS:
         (work / name / "samples_seed0").mkdir(parents=True)
         torch.save(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), work / name / "samples_seed0" / "samples.pt")
-    summaries = {"teacher": _summary(4000, 4400), "vanilla": _summary(1000, 1000), "red": _summary(1000, 1000, 10)}
-    scores = {"teacher": _scores([10.0, 11.0]), "vanilla": _scores([30.0, 31.0]), "red": _scores(red_fids)}
+    summaries = {"teacher": _summary(4000, 4400), "vanilla": _summary(1000, 1000), "red": _summary(1000, 1000, 10),
+                 "student_plus": _summary(1000, 1000, 10)}
+    scores = {"teacher": _scores([10.0, 11.0]), "vanilla": _scores([30.0, 31.0]), "red": _scores(red_fids),
+              "student_plus": _scores([24.0, 28.0])}
     rows = bd.aggregate(summaries, scores)
     assert rows[1]["fid"]["mean"] == 30.5 and rows[1]["fid"]["std"] == pytest.approx(0.7071, abs=1e-4)
     md = bd.write_results("quick", form, rows, work)
@@ -41,7 +43,12 @@ def test_verdict_and_files(bd, tmp_path, monkeypatch, red_fids, beyond):
     assert verdict["peak_reduction"] == {"live": 4.0, "layer": 4.4}
     assert verdict["student_peak_4x_below_teacher"] == {"live": True, "layer": True}
     assert verdict["red_beats_vanilla_beyond_seed_spread"] is beyond
+    # student+ 26.0 +- 2.83: RED 20.5 is 5.5 below it (beyond the spread), RED 30.0 is not below it at all
+    assert verdict["red_fid_below_student_plus_by"] == pytest.approx(26.0 - sum(red_fids) / 2)
+    assert verdict["red_beats_student_plus_beyond_seed_spread"] is beyond
+    assert verdict["student_plus_fid_below_vanilla_by"] == pytest.approx(4.5)
     text = md.read_text()
     assert "Pipeline check, not a result" in text and "DDIM 20 steps" in text
+    assert "| teacher | vanilla x2 | RED x2 | student+ x2 |" in text and "RED FID - student+ FID" in text
     for name in ("diffusion_quick_fid_vs_memory.png", "diffusion_quick_samples_red.png"):
         assert (tmp_path / "results" / name).is_file()
