@@ -82,7 +82,11 @@ def targets(rows: dict[str, dict]) -> dict:
         "met": all(p["within"] or p["explained"] for p in peaks.values())}
     ratio = {key: rows["teacher"]["variants"][key]["measured_peak_bytes"] / rows["red"]["variants"][key]["measured_peak_bytes"]
              for key in rows["red"]["variants"]}
-    out["student_peak_4x_below_teacher"] = {"teacher_over_red_measured": ratio, "met": all(r >= PEAK_FACTOR for r in ratio.values())}
+    deployed = {key: rows["teacher"]["variants"][key]["deployed_peak_bytes"] / rows["red"]["variants"][key]["deployed_peak_bytes"]
+                for key in rows["red"]["variants"]}
+    # the target is on the deployed graph (ORT_ENABLE_ALL, as timed); the analyzer-layout figure is shown with it
+    out["student_peak_4x_below_teacher"] = {"teacher_over_red_measured": ratio, "teacher_over_red_deployed": deployed,
+                                            "met": all(r >= PEAK_FACTOR for r in deployed.values())}
     return out
 
 
@@ -95,10 +99,11 @@ def table(rows: dict[str, dict]) -> str:
             c = v["memory_comparison"]
             cells.append([name, key, "-" if acc is None else f"{acc:.2f}", fmt_bytes(v["predicted_peak_bytes"]),
                           fmt_bytes(v["measured_peak_bytes"]), fmt_bytes(v["measured_tensor_peak_bytes"]),
+                          fmt_bytes(v["deployed_peak_bytes"]),
                           f"{100 * c['relative_diff']:+.0f}%", fmt_bytes(v["file_bytes"]), f"{row['params']:,}",
                           f"{row['flops'] / 1e6:.1f}", f"{lat['median_ms']:.2f} ({lat['p10_ms']:.2f}-{lat['p90_ms']:.2f})"])
     return format_table(["model", "variant", "test acc %", "predicted peak", "measured peak", "measured tensors",
-                         "diff", "file", "params", "MFLOPs", "latency ms (p10-p90)"], cells, markdown=True)
+                         "measured, as deployed", "diff", "file", "params", "MFLOPs", "latency ms (p10-p90)"], cells, markdown=True)
 
 
 def plot(rows: dict[str, dict], path: Path) -> Path:
@@ -113,7 +118,7 @@ def plot(rows: dict[str, dict], path: Path) -> Path:
         for name in ROLES:
             v = rows[name]["variants"].get(key)
             if v is not None:
-                xs.append(v["measured_peak_bytes"] / 1024)
+                xs.append(v["deployed_peak_bytes"] / 1024)
                 ys.append(rows[name]["accuracy"][f"onnx_{key}"])
                 names.append(name)
         ax.scatter(xs, ys, marker=marker, label=key)
@@ -121,7 +126,7 @@ def plot(rows: dict[str, dict], path: Path) -> Path:
             ax.annotate(f"{n} {key}", (x, y), textcoords="offset points",
                         xytext=(4, 4) if key == "fp32" else (4, -12), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("measured peak activation memory, KiB (onnxruntime, batch 1)")
+    ax.set_xlabel("measured peak activation memory, KiB (onnxruntime as deployed, batch 1)")
     ax.set_ylabel("test accuracy %")
     ax.set_title("Fashion-MNIST deployed: accuracy vs measured peak")
     ax.legend()
@@ -149,11 +154,12 @@ def markdown(rows: dict[str, dict], tg: dict, settings: dict) -> str:
              f"- measured onnxruntime peak within 10% of the analyzer's: {t2['within_10pct']} of {t2['of']} model/variant "
              f"pairs (measured tensors alone, without kernel workspace: {t2['tensors_within_10pct']} of {t2['of']}); "
              f"every other one explained per op in its report: **{'met (by explanation)' if t2['met'] and t2['within_10pct'] < t2['of'] else 'met' if t2['met'] else 'not met'}**.",
-             "- deployed RED student's measured peak at least 4x below the teacher's: "
-             + ", ".join(f"{k} {v:.2f}x" for k, v in t3["teacher_over_red_measured"].items())
-             + f": **{'met' if t3['met'] else 'not met'}**"
-             + ("" if t3["met"] else " (where not met, the student's im2col workspace, which the analyzer does not "
-                "count, dominates its measured peak)") + ".", "",
+             "- deployed RED student's measured peak at least 4x below the teacher's, on the graph as deployed "
+             "(ORT_ENABLE_ALL, the one timed): "
+             + ", ".join(f"{k} {v:.2f}x" for k, v in t3["teacher_over_red_deployed"].items())
+             + f": **{'met' if t3['met'] else 'not met'}**. In the analyzer's layout (ORT_ENABLE_EXTENDED, im2col "
+             "convolutions): " + ", ".join(f"{k} {v:.2f}x" for k, v in t3["teacher_over_red_measured"].items())
+             + "; there the student's im2col workspace, which the analyzer does not count, dominates its fp32 peak.", "",
              "## Predicted vs measured, per model", ""]
     for name, row in rows.items():
         for key, v in row["variants"].items():

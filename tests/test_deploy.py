@@ -129,6 +129,19 @@ def test_measured_peak_of_a_conv_chain_is_worked_out_by_hand(tmp_path):
     assert analyze_memory(model, x, convention="live").peak_bytes == 24576
 
 
+def test_the_deployed_graph_of_a_3x3_chain_needs_no_im2col_workspace(tmp_path):
+    # 3x3 convolutions: with ORT_ENABLE_EXTENDED they unfold their input into a workspace on top of the
+    # tensors; the deployed graph (ORT_ENABLE_ALL) runs NCHWc kernels that do not. 16 channels: no padding.
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 16, 16)
+    path = export_onnx(model, (x,), tmp_path / "c3.onnx", dynamic_batch=False)
+    extended = profile.measure_memory(path, x.numpy())
+    deployed = profile.measure_memory(path, x.numpy(), level=profile.LATENCY_LEVEL)
+    assert extended.tensor_peak_bytes == 2 * 16 * 16 * 16 * 4  # conv1's input and output
+    assert extended.peak_bytes > extended.tensor_peak_bytes  # the im2col buffer
+    assert deployed.peak_bytes <= extended.tensor_peak_bytes + 2 * 16 * 16 * 16 * 4  # plus NCHWc reorders at most
+
+
 def test_live_set_at_the_tensor_peak_of_a_conv_chain(tmp_path):
     # The chain above: while conv1 runs, conv0's output (8 KiB) and its own (16 KiB) are live.
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 4, 1)).eval()
@@ -283,6 +296,7 @@ def test_deploy_writes_models_and_report(tmp_path):
     assert fp32["predicted_peak_bytes"] == analyze_memory(create_model("cifar_resnet8", width=4),
                                                           (1, 3, 16, 16)).peak_bytes
     assert fp32["measured_peak_bytes"] >= fp32["measured_tensor_peak_bytes"] > 0
+    assert fp32["deployed_peak_bytes"] >= fp32["deployed_tensor_peak_bytes"] > 0
     assert report.parity_fp32["top1_agreement"] == 100.0
     assert "| fp32 |" in (out / "report.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left

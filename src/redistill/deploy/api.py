@@ -271,6 +271,7 @@ def _deploy_into(work: Path, src: _Source, probe: torch.Tensor, example: torch.T
     for key, path in variants.items():
         predicted = analyze_memory(folded.model, example, dtype=key, convention="live", fold_bn=False)
         measured = profile.measure_memory(path, x1)
+        deployed = profile.measure_memory(path, x1, level=profile.LATENCY_LEVEL)
         report.variants[key] = {
             "file": path.name, "file_bytes": profile.file_size(path),
             "predicted_peak_bytes": predicted.peak_bytes,
@@ -278,6 +279,9 @@ def _deploy_into(work: Path, src: _Source, probe: torch.Tensor, example: torch.T
             "measured_peak_bytes": measured.peak_bytes,
             "measured_tensor_peak_bytes": measured.tensor_peak_bytes,
             "measured_peak_node": measured.peak_node,
+            # the graph as it runs for latency (ORT_ENABLE_ALL): NCHWc kernels, no im2col workspace
+            "deployed_peak_bytes": deployed.peak_bytes, "deployed_tensor_peak_bytes": deployed.tensor_peak_bytes,
+            "deployed_peak_node": deployed.peak_node,
             "latency": vars(profile.measure_latency(path, x1, runs=opts.runs, threads=opts.threads)),
             "memory_comparison": compare_memory(predicted, measured, int(example.numel()), key, modules),
         }

@@ -94,10 +94,14 @@ class MeasuredMemory:
     live_at_tensor_peak: list[LiveTensor] = field(default_factory=list)  # in node order
 
 
-def measure_memory(path: Path, x: np.ndarray) -> MeasuredMemory:
-    """Run ``path`` once on ``x`` with the profiler on and read the arena's memory fields."""
+def measure_memory(path: Path, x: np.ndarray, level=MEMORY_LEVEL) -> MeasuredMemory:
+    """Run ``path`` once on ``x`` with the profiler on and read the arena's memory fields.
+
+    ``level``: the graph optimisation; the default keeps the analyzer's tensor layout, ``LATENCY_LEVEL``
+    measures the graph as it is deployed (NCHWc convolutions, which need no im2col workspace).
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        sess = session(path, threads=1, level=MEMORY_LEVEL, profile_dir=Path(tmp), optimized=Path(tmp) / "opt.onnx")
+        sess = session(path, threads=1, level=level, profile_dir=Path(tmp), optimized=Path(tmp) / "opt.onnx")
         run(sess, x)
         events = json.loads(Path(sess.end_profiling()).read_text())
         graph = onnx.load(str(Path(tmp) / "opt.onnx"), load_external_data=False).graph
