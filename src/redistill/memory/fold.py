@@ -72,8 +72,14 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
     rename: dict[int, int] = {}  # BN output vid -> conv output vid
     new_args: dict[int, tuple[int, int]] = {}  # conv op index -> (weight vid, bias vid)
     values, storages, constants = dict(trace.values), dict(trace.storages), dict(trace.constants)
+    # New ids count up from past every id the trace used, so none can be mistaken for a renamed one.
+    next_vid, next_sid = max(values, default=-1) + 1, max(storages, default=-1) + 1
+    by_sid: dict[int, list[int]] = {}  # storage -> the values viewing it
+    for vid, v in values.items():
+        by_sid.setdefault(v.sid, []).append(vid)
+    bn_names = set(bn_of.values())
     for op in trace.ops:
-        if op.name not in _BN_OPS or op.module not in bn_of.values():
+        if op.name not in _BN_OPS or op.module not in bn_names:
             continue
         conv_name = next(c for c, b in pairs if b == op.module)
         conv_op, conv, bn = conv_ops[conv_name], modules[conv_name], modules[op.module]
@@ -81,7 +87,8 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
                                             bn.weight, bn.bias)
         vids = []
         for t in (weight.detach(), bias.detach()):
-            vid, sid = max(values) + 1, max(storages) + 1
+            vid, sid = next_vid, next_sid
+            next_vid, next_sid = next_vid + 1, next_sid + 1
             storages[sid] = Storage(sid, t.untyped_storage().nbytes(), t.element_size(), True, "param", -1)
             values[vid] = Value(vid, sid, tuple(t.shape), t.dtype, t.numel(), -1)
             constants[vid] = t
@@ -93,9 +100,10 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
         deaths = [d for d in (cs.eager_death, bs.eager_death)]
         storages[cs.sid] = replace(cs, eager_death=None if None in deaths else max(deaths))
         values.pop(bn_out)
-        for vid, v in values.items():  # views and in-place results of the BN output
-            if v.sid == bs.sid:
-                values[vid] = replace(v, sid=cs.sid)
+        for vid in by_sid.pop(bs.sid, []):  # views and in-place results of the BN output
+            if vid in values:
+                values[vid] = replace(values[vid], sid=cs.sid)
+                by_sid.setdefault(cs.sid, []).append(vid)
         storages.pop(bs.sid, None)
         drop.add(op.index)
 
@@ -133,10 +141,12 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
                            out_tree=map_args(swap, op.out_tree),
                            in_place_of=None if op.in_place_of is None else rename.get(op.in_place_of, op.in_place_of)))
     for vid, v in values.items():
-        values[vid] = replace(v, producer=remap(v.producer))
+        if remap(v.producer) != v.producer:
+            values[vid] = replace(v, producer=remap(v.producer))
     for sid, s in storages.items():
         death = s.eager_death if s.eager_death is None else remap(s.eager_death)
-        storages[sid] = replace(s, birth=remap(s.birth), eager_death=death)
+        if (remap(s.birth), death) != (s.birth, s.eager_death):
+            storages[sid] = replace(s, birth=remap(s.birth), eager_death=death)
     spans = []
     for name, first, end in trace.module_spans:
         start = next((new_index[i] for i in range(first, end + 1) if i in new_index), remap(end) + 1)
