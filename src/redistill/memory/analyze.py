@@ -66,7 +66,7 @@ def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool, f
             trace, _ = trace_model(model, inputs)
         pairs = foldable_pairs(trace, model) if fold_bn else []
         if pairs:
-            trace = fold_trace(trace, model, pairs)
+            trace = fold_trace(trace, model, pairs, weights=folded_model)  # the weights only where it runs
             if folded_model:
                 model = fold_batchnorm(model, pairs)
     finally:

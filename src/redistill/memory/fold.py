@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
@@ -56,11 +57,12 @@ def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
     return folded.eval()
 
 
-def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> Trace:
+def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], weights: bool = True) -> Trace:
     """The trace ``fold_batchnorm(model, pairs)`` would give, derived from ``trace`` without a second run.
 
     Each BN op is dropped, its readers read the conv output instead, and the conv reads the fused
-    weight and bias (computed as ``fuse_conv_bn_eval`` computes them). Op indices, births, eager
+    weight and bias (computed as ``fuse_conv_bn_eval`` computes them; with ``weights`` False only
+    their shapes, as meta tensors, for an analysis that never runs the trace). Op indices, births, eager
     deaths and module spans are renumbered; the conv output's buffer lives as long as the BN
     output did, as it does when the folded model runs.
     """
@@ -83,8 +85,13 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]]) -> 
             continue
         conv_name = next(c for c, b in pairs if b == op.module)
         conv_op, conv, bn = conv_ops[conv_name], modules[conv_name], modules[op.module]
-        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                            bn.weight, bn.bias)
+        if weights:
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                                bn.weight, bn.bias)
+        else:  # what fuse_conv_bn_weights returns, in shape and dtype
+            weight = torch.empty_like(conv.weight, device="meta")
+            bias = torch.empty(conv.out_channels, device="meta",
+                               dtype=(conv.bias if conv.bias is not None else bn.running_mean).dtype)
         vids = []
         for t in (weight.detach(), bias.detach()):
             vid, sid = next_vid, next_sid
