@@ -165,6 +165,10 @@ def _spread(form: dict, *rows: dict) -> float | None:
     return max(r["fid"]["std"] for r in rows if r["fid"]["std"] is not None)
 
 
+def _answer(beyond: bool | None) -> str:
+    return "yes" if beyond else "no" if beyond is not None else "unknown (one seed)"
+
+
 def _pm(stat: dict, fmt: str) -> str:
     return fmt.format(stat["mean"]) + (f" ± {fmt.format(stat['std'])}" if stat["std"] is not None else "")
 
@@ -229,10 +233,10 @@ def write_results(form_name: str, form: dict, rows: list[dict], work: Path) -> P
         f"target >= 4x: {'met' if all(verdict['student_peak_4x_below_teacher'].values()) else 'not met'}",
         f"- RED FID - vanilla FID = {-gap:+.2f} ({'RED better' if gap > 0 else 'RED not better'}); largest seed "
         f"spread (std) {spread if spread is None else f'{spread:.2f}'}: RED better beyond the spread: "
-        + ("yes" if beyond else "no" if beyond is not None else "unknown (one seed)"),
+        + _answer(beyond),
         f"- RED FID - student+ FID = {-plus_gap:+.2f}; largest seed spread (std) "
         f"{plus_spread if plus_spread is None else f'{plus_spread:.2f}'}: RED better beyond the spread: "
-        + ("yes" if beyond_plus else "no" if beyond_plus is not None else "unknown (one seed)")
+        + _answer(beyond_plus)
         + f"; student+ FID - vanilla FID = {-verdict['student_plus_fid_below_vanilla_by']:+.2f}",
         "- one training run per arm: the spread is over sampling seeds only, not over training seeds",
         "",
