@@ -287,3 +287,40 @@ def test_fake_analysis_plans_what_cannot_be_allocated():
     assert report.peaks["live"] == 8192 * 8192 * 4 * (64 + 64)  # the ReLU reads and writes 64 channels
     with pytest.raises(UserError, match="drop --fake"):
         analyze_memory(model, (1, 3, 8, 8), fake=True, measure=True)
+
+
+# -- what the analysis leaves behind --------------------------------------------------------
+def test_analysis_restores_each_modules_mode_and_the_collector():
+    import gc
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).train()
+    model[1].eval()  # a frozen BN inside a model that trains: it must stay frozen, the rest must train
+    seen = []
+    model[3].register_forward_pre_hook(lambda m, a: seen.append((m.training, gc.isenabled())))
+    analyze_memory(model, (1, 3, 8, 8))
+    assert seen == [(False, False)]  # traced in eval mode with the collector paused
+    assert [m.training for m in model] == [True, False, True, True] and model.training
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        analyze_memory(model, (1, 3, 8, 8))
+        assert not gc.isenabled()  # a caller's disabled collector stays disabled
+    finally:
+        gc.enable()
+
+
+def test_ops_of_a_module_outside_the_model_go_to_its_caller():
+    helper = nn.Conv2d(4, 4, 1)  # not registered as a submodule: the model calls it from outside
+
+    class Host(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return helper(self.stem(x))
+
+    report = analyze_memory(Host().eval(), (1, 3, 8, 8), fold_bn=False)
+    convs = [e.module for e in report.timeline if e.op == "convolution.default"]
+    assert convs == ["stem", ""]
+    assert [m.module for m in report.modules] == ["stem"]

@@ -13,7 +13,7 @@ from redistill.errors import UserError
 from redistill.memory import liveness, replay
 from redistill.memory.fold import fold_batchnorm, fold_trace, foldable_pairs
 from redistill.memory.report import MemoryReport, ModuleEntry, OpEntry
-from redistill.memory.trace import Trace, trace_model
+from redistill.memory.trace import Trace, paused_gc, trace_model
 from redistill.util import model_inputs
 
 DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -59,19 +59,23 @@ def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool, f
         The folded copy (or the model itself: no pair, or ``folded_model`` False), the trace
         of the folded model and the number of folded (conv, bn) pairs.
     """
-    was_training = model.training
-    model.eval()
+    # Only the modules in training mode are switched (and switched back): ``Module.eval()`` walks every
+    # module through ``__setattr__``, which costs more than tracing a small model's forward.
+    training = [m for m in model.modules() if m.training]
+    for m in training:
+        m.training = False
     try:
-        with fake_mode if fake_mode is not None else contextlib.nullcontext():
-            trace, _ = trace_model(model, inputs)
-        pairs = foldable_pairs(trace, model) if fold_bn else []
-        if pairs:
-            trace = fold_trace(trace, model, pairs, weights=folded_model)  # the weights only where it runs
-            if folded_model:
-                model = fold_batchnorm(model, pairs)
+        with paused_gc():
+            with fake_mode if fake_mode is not None else contextlib.nullcontext():
+                trace, _ = trace_model(model, inputs)
+            pairs = foldable_pairs(trace, model) if fold_bn else []
+            if pairs:
+                trace = fold_trace(trace, model, pairs, weights=folded_model)  # the weights only where it runs
+                if folded_model:
+                    model = fold_batchnorm(model, pairs)
     finally:
-        if was_training:
-            model.train()
+        for m in training:
+            m.training = True
     return model, trace, len(pairs)
 
 

@@ -11,15 +11,19 @@ program that :mod:`redistill.memory.replay` can execute again.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
-from torch.utils.weak import WeakIdKeyDictionary
 
 from redistill.errors import UserError
 
@@ -28,7 +32,7 @@ from redistill.errors import UserError
 ADD_OPS = {"aten.add.Tensor", "aten.add_.Tensor"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Storage:
     """One physical buffer seen during the trace."""
 
@@ -41,7 +45,7 @@ class Storage:
     eager_death: int | None = None  # last op index during which eager PyTorch kept it
 
 
-@dataclass
+@dataclass(slots=True)
 class Value:
     """One tensor produced (or read) during the trace."""
 
@@ -53,14 +57,14 @@ class Value:
     producer: int  # op index, -1 for inputs and constants
 
 
-@dataclass
+@dataclass(slots=True)
 class Ref:
     """Placeholder for a traced tensor inside a recorded op's arguments."""
 
     vid: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Op:
     index: int
     name: str  # e.g. "aten.convolution.default"
@@ -87,6 +91,11 @@ class Trace:
     module_spans: list[tuple[str, int, int]] = field(default_factory=list)  # (name, first op, last op)
 
 
+# Argument types that never hold a tensor (the common case, so they are tested first).
+_LEAVES = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
+                     torch.memory_format})
+
+
 def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
@@ -107,19 +116,16 @@ def map_args(fn, tree: Any) -> Any:
     return fn(tree)
 
 
-def flat_tensors(tree: Any) -> list[torch.Tensor]:
-    """The tensors in op arguments, in ``tree_flatten`` order."""
-    out: list[torch.Tensor] = []
-    map_args(lambda x: out.append(x) if _is_tensor(x) else None, tree)
-    return out
-
-
 class _Tracer(TorchDispatchMode):
     def __init__(self, trace: Trace, param_cdata: set[int]):
         super().__init__()
         self.trace = trace
         self.param_cdata = param_cdata
-        self.vids = WeakIdKeyDictionary()  # tensor object -> vid
+        # id(tensor) -> (vid, weak reference to the tensor). A plain dict: a WeakIdKeyDictionary builds a
+        # reference object on every lookup, and lookups happen for every argument of every op. The weak
+        # reference tells a live entry from one whose tensor died and whose id was reused.
+        self.vids: dict[int, tuple[int, weakref.ref]] = {}
+        self.op_meta: dict[Any, tuple[str, bool]] = {}  # OpOverload -> (name, is a view): neither is free
         self.live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage cdata -> (sid, weakref)
         self.params: dict[int, int] = {}  # storage cdata -> sid of the model's own parameters and buffers
         self.module_stack: list[str] = [""]
@@ -157,8 +163,13 @@ class _Tracer(TorchDispatchMode):
         vid = len(self.trace.values)
         sid = self._storage_of(t, producer, kind)
         self.trace.values[vid] = Value(vid, sid, tuple(t.shape), t.dtype, t.numel(), producer)
-        self.vids[t] = vid
+        self.vids[id(t)] = (vid, weakref.ref(t))
         return vid
+
+    def vid_of(self, t: torch.Tensor) -> int | None:
+        """The value id of a tensor seen by the tracer, or None."""
+        hit = self.vids.get(id(t))
+        return hit[0] if hit is not None and hit[1]() is t else None
 
     def _alias_param_view(self, view: torch.Tensor, base_vid: int) -> None:
         """A view of a parameter is a parameter: under FakeTensorMode its storage is the fake copy's,
@@ -172,7 +183,7 @@ class _Tracer(TorchDispatchMode):
         self.trace.input_vids.append(self._new_value(t, -1, "input"))
 
     def _vid_of_arg(self, t: torch.Tensor) -> int:
-        vid = self.vids.get(t)
+        vid = self.vid_of(t)
         if vid is None:  # not produced by a traced op: a parameter, buffer or constant
             vid = self._new_value(t, -1, "param")
             self.trace.constants[vid] = t
@@ -180,36 +191,69 @@ class _Tracer(TorchDispatchMode):
 
     def _reap(self, index: int) -> None:
         """Record the storages eager PyTorch has freed since the previous op."""
-        dead = [k for k, (_, ref) in self.live.items() if ref.expired()]
+        expired = torch.UntypedStorage._expired
+        dead = [k for k, (_, ref) in self.live.items() if expired(ref.cdata)]
         for key in dead:
             sid, _ = self.live.pop(key)
             self.trace.storages[sid].eager_death = index - 1
 
     # -- the mode ----------------------------------------------------------
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # TorchDispatchMode wraps a subclass's __torch_dispatch__ in torch._disable_dynamo, a Python
+        # frame on every op; the tracer never runs under torch.compile, so it goes without.
+        return False
+
+    def _ref(self, x: Any, tensors: list, vids: list) -> Any:
+        """``x`` (an op argument) with its tensors replaced by :class:`Ref` placeholders; the tensors
+        and their value ids are appended to ``tensors`` and ``vids`` (``tree_flatten`` order)."""
+        kind = type(x)
+        if kind in _LEAVES:
+            return x
+        if isinstance(x, torch.Tensor):
+            vid = self._vid_of_arg(x)
+            tensors.append(x)
+            vids.append(vid)
+            return Ref(vid)
+        if kind is tuple:
+            return tuple([self._ref(y, tensors, vids) for y in x])
+        if kind is list:
+            return [self._ref(y, tensors, vids) for y in x]
+        if kind is dict:
+            return {k: self._ref(v, tensors, vids) for k, v in x.items()}
+        if isinstance(x, (tuple, list, dict)):  # a named tuple and the like
+            return tree_map(lambda y: self._ref(y, tensors, vids), x)
+        return x
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:  # a metadata query (fake tensors ask it), not an op
             return func(*args, **kwargs)
         index = len(self.trace.ops)
         self._reap(index)
-        in_tensors = flat_tensors((args, kwargs))
-        in_vids = [self._vid_of_arg(t) for t in in_tensors]
         # Placeholders are taken before the call: an add_ re-binds its tensor to a new value.
-        to_ref = lambda x: Ref(self.vids[x]) if _is_tensor(x) else x  # noqa: E731
-        args_ref, kwargs_ref = map_args(to_ref, args), map_args(to_ref, kwargs)
+        in_tensors: list[torch.Tensor] = []
+        in_vids: list[int] = []
+        args_ref = self._ref(args, in_tensors, in_vids)
+        kwargs_ref = self._ref(kwargs, in_tensors, in_vids) if kwargs else {}
         out = func(*args, **kwargs)
 
-        name = str(func)
+        meta = self.op_meta.get(func)
+        if meta is None:
+            meta = self.op_meta[func] = (str(func), func.is_view)
+        name, is_view = meta
         in_place_of = None
         outputs: list[int] = []
 
         def record(x: Any) -> Any:
             nonlocal in_place_of
-            if not _is_tensor(x):
-                return x
-            if func.is_view and in_vids:
+            if is_view and in_vids:
                 self._alias_param_view(x, in_vids[0])
-            same = next((v for t, v in zip(in_tensors, in_vids) if t is x), None)
+            same = None
+            for t, v in zip(in_tensors, in_vids):
+                if t is x:
+                    same = v
+                    break
             if same is not None and name not in ADD_OPS:
                 # An in-place op returned its argument: same value, same buffer.
                 in_place_of = same
@@ -222,24 +266,30 @@ class _Tracer(TorchDispatchMode):
             outputs.append(vid)
             return Ref(vid)
 
-        out_tree = record(out) if _is_tensor(out) else tree_map(record, out)
+        if isinstance(out, torch.Tensor):
+            out_tree = record(out)
+        else:
+            out_tree = map_args(lambda x: record(x) if isinstance(x, torch.Tensor) else x, out)
         mod = self.module_stack[-1]
         self.trace.ops.append(
-            Op(
-                index=index,
-                name=name,
-                func=func,
-                args=args_ref,
-                kwargs=kwargs_ref,
-                inputs=list(dict.fromkeys(in_vids)),
-                outputs=outputs,
-                out_tree=out_tree,
-                module=mod,
-                module_type=self.trace.module_types.get(mod, ""),
-                in_place_of=in_place_of,
-            )
+            Op(index, name, func, args_ref, kwargs_ref, list(dict.fromkeys(in_vids)), outputs, out_tree,
+               mod, self.trace.module_types.get(mod, ""), in_place_of)
         )
         return out
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (nestable). A recording allocates thousands of small
+    objects that all survive it; the collections they trigger walk every object in the process, tens
+    of milliseconds each, for nothing: nothing here makes a reference cycle."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _param_cdata(model: nn.Module) -> set[int]:
@@ -267,22 +317,24 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Tra
     open_spans: list[tuple[str, int]] = []
 
     def pre(mod, _args):
-        name = names.get(mod, "?")
+        name = names.get(mod)
+        if name is None or mod is model:  # the root, or a module that is not the model's
+            return
         tracer.module_stack.append(name)
         open_spans.append((name, len(trace.ops)))
 
     def post(mod, _args, _out):
+        if mod not in names or mod is model:
+            return
         name, first = open_spans.pop()
         tracer.module_stack.pop()
         trace.module_spans.append((name, first, len(trace.ops) - 1))
 
-    handles = []
-    for mod in names:
-        if mod is not model:
-            handles.append(mod.register_forward_pre_hook(pre))
-            handles.append(mod.register_forward_hook(post))
+    # Two global hooks rather than two per module: registering hundreds of handles costs more than
+    # the hooks themselves.
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
     try:
-        with torch.no_grad(), tracer:
+        with torch.no_grad(), tracer, paused_gc():
             for t in inputs:
                 tracer.register_input(t)
             try:
@@ -293,7 +345,7 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Tra
                 raise _explain_failure(model, names, where, inputs, err, last) from err
             tracer._reap(len(trace.ops))
             flat_out, _ = tree_flatten(out)
-            trace.output_vids = [tracer.vids[t] for t in flat_out if _is_tensor(t) and t in tracer.vids]
+            trace.output_vids = [v for v in (tracer.vid_of(t) for t in flat_out if _is_tensor(t)) if v is not None]
     finally:
         for h in handles:
             h.remove()
