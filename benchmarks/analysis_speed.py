@@ -1,13 +1,14 @@
 """Cost of one memory analysis against a plain forward, in process, and FakeTensorMode == real.
 
-For each model and size (224-896 px, fp32): the median wall time of a plain eval forward, of
-``analyze_memory`` (BN folded from one trace, the default) and of ``analyze_memory(fake=True)``,
-as ratios to the forward; the target is a default analysis <= 1.5x a forward. Then, on every
+For each model and size (224-896 px, fp32): a plain eval forward, ``analyze_memory`` (BN folded
+from one trace, the default) and ``analyze_memory(fake=True)`` are called in turn for several rounds;
+each analysis is reported as the median over rounds of its time over the same round's forward (and
+the range). The target is a default analysis <= 1.5x a forward. Then, on every
 model of ``memory_exactness.py`` at 224 px, the fake analysis is checked equal to the real one
 (peaks of every convention and the whole per-op timeline), and a 1x3x8192x8192 MobileNetV2 is
 planned under FakeTensorMode.
 
-    python benchmarks/analysis_speed.py [--models resnet18 mobilenet_v2] [--sizes 224 448] [--repeats 3]
+    python benchmarks/analysis_speed.py [--models resnet18 mobilenet_v2] [--sizes 224 448] [--repeats 11]
 Writes benchmarks/results/analysis_speed.{json,md}.
 """
 
@@ -33,14 +34,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 1.5
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times of each function, called in turn ``repeats`` times after one warm-up round, so that
+    a drifting machine (a shared CPU, the allocator's state) weighs on all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _ratio(times: dict, key: str) -> tuple[float, float, float]:
+    """Median, min and max over rounds of ``key``'s time over the forward's in the same round."""
+    r = [a / f for a, f in zip(times[key], times["forward"])]
+    return statistics.median(r), min(r), max(r)
 
 
 def _figures(r) -> tuple:
@@ -51,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["resnet18", "mobilenet_v2", "resnet50"])
     parser.add_argument("--sizes", nargs="*", type=int, default=[224, 448, 672, 896])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--exactness-models", nargs="*", default=MODELS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -60,12 +71,17 @@ def main() -> None:
         model = build(name)
         for size in args.sizes:
             x = make_inputs((1, 3, size, size))
-            with torch.no_grad():
-                fwd = _median_time(lambda: model(*x), args.repeats)
-            real = _median_time(lambda: analyze_memory(model, x), args.repeats)
-            fake = _median_time(lambda: analyze_memory(model, (1, 3, size, size), fake=True), args.repeats)
-            timing.append({"model": name, "size": size, "forward_s": fwd, "analyze_s": real, "fake_s": fake,
-                           "analyze_x": real / fwd, "fake_x": fake / fwd})
+            def forward():
+                with torch.no_grad():
+                    model(*x)
+
+            times = _interleaved({"forward": forward, "analyze": lambda: analyze_memory(model, x),
+                                  "fake": lambda: analyze_memory(model, (1, 3, size, size), fake=True)},
+                                 args.repeats)
+            real_x, fake_x = _ratio(times, "analyze"), _ratio(times, "fake")
+            timing.append({"model": name, "size": size, **{f"{k}_s": statistics.median(v) for k, v in times.items()},
+                           "analyze_x": real_x[0], "analyze_x_range": real_x[1:],
+                           "fake_x": fake_x[0], "fake_x_range": fake_x[1:]})
             print(timing[-1], flush=True)
     equal = []
     for name in args.exactness_models:
@@ -84,18 +100,21 @@ def main() -> None:
            "threads": 1, "torch": torch.__version__}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "analysis_speed.json").write_text(json.dumps(out, indent=1))
-    lines = ["# Analysis cost vs a plain forward (in process, CPU, 1 thread, median of "
-             f"{args.repeats})", "",
+    lines = ["# Analysis cost vs a plain forward (in process, CPU, 1 thread)", "",
+             f"Forward, analysis and fake analysis are called in turn, {args.repeats} rounds after a warm-up; "
+             "a ratio is the median over rounds of that round's time over its forward, with the lowest and "
+             "highest round in brackets.", "",
              f"Target: the default analysis (BN folded from one trace) <= {TARGET}x a forward. "
              + ("**Met** on every row below." if met else
                 f"**Not met**: {sum(r['analyze_x'] > TARGET for r in timing)} of {len(timing)} rows exceed it "
                 f"(worst {max(r['analyze_x'] for r in timing):.2f}x); the tracer's fixed per-op cost dominates "
-                "small inputs of models with many cheap ops. The machine was shared, so single rows are noisy."), "",
+                "small inputs of models with many cheap ops."), "",
              "| model | px | forward (s) | analyze (s) | analyze / forward | fake (s) | fake / forward |",
              "|---|---|---|---|---|---|---|"]
+    span = lambda r, k: f"{r[k]:.2f}x ({r[k + '_range'][0]:.2f}-{r[k + '_range'][1]:.2f})"  # noqa: E731
     for r in timing:
         lines.append(f"| {r['model']} | {r['size']} | {r['forward_s']:.3f} | {r['analyze_s']:.3f} | "
-                     f"{r['analyze_x']:.2f}x | {r['fake_s']:.3f} | {r['fake_x']:.2f}x |")
+                     f"{span(r, 'analyze_x')} | {r['fake_s']:.3f} | {span(r, 'fake_x')} |")
     lines += ["", "FakeTensorMode analysis equal to the real one (peaks of all conventions and the per-op "
               "timeline), 1x3x224x224:", "", "| model | fake == real |", "|---|---|"]
     lines += [f"| {r['model']} | {'yes' if r['fake_equals_real'] else 'NO'} |" for r in equal]
