@@ -198,12 +198,6 @@ class _Tracer(TorchDispatchMode):
             self.trace.storages[sid].eager_death = index - 1
 
     # -- the mode ----------------------------------------------------------
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # TorchDispatchMode wraps a subclass's __torch_dispatch__ in torch._disable_dynamo, a Python
-        # frame on every op; the tracer never runs under torch.compile, so it goes without.
-        return False
-
     def _ref(self, x: Any, tensors: list, vids: list) -> Any:
         """``x`` (an op argument) with its tensors replaced by :class:`Ref` placeholders; the tensors
         and their value ids are appended to ``tensors`` and ``vids`` (``tree_flatten`` order)."""
