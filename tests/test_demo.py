@@ -62,6 +62,7 @@ def test_demo_ends_by_deploying_the_red_student(demo_run):
     assert report["source"]["run_dir"] == str(Path(opts.out) / "red")
     assert report["calibration"] == {"images": 32, "split": "train"}
     assert "int8" in result.deploy_table and "measured peak" in result.deploy_table
+    assert result.deploy_test_images == report["accuracy"]["test_images"] > 0
 
 
 def test_demo_trains_three_runs_and_writes_report(demo_run):
@@ -153,6 +154,8 @@ def test_demo_cli_prints_table(demo_run, capsys):
     assert rc == 0
     assert "peak live KiB" in out and "report:" in out
     assert "deployed RED student" in out and "measured peak" in out
+    n = json.loads((Path(opts.out) / "deploy_red" / "report.json").read_text())["accuracy"]["test_images"]
+    assert f"test accuracy on {n} test images, the table above on the whole test split" in out
     assert out.count("reused") >= 3
 
 

@@ -82,6 +82,7 @@ class DemoResult:
     gap_recovered: float | None
     seconds: float
     deploy_table: str | None = None
+    deploy_test_images: int | None = None  # how many test images the deployment scored
     deploy_dir: Path | None = None
 
 
@@ -343,4 +344,5 @@ def run_demo(opts: DemoOptions | None = None, on_stage: Callable[[str, str], Non
         seconds=time.perf_counter() - start,
         deploy_table=None if deployed is None else deploy_table(deployed),
         deploy_dir=None if deployed is None else Path(deployed.out_dir),
+        deploy_test_images=None if deployed is None or not deployed.accuracy else deployed.accuracy["test_images"],
     )

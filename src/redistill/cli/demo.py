@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"RED recovers {100 * result.gap_recovered:.0f}% of the teacher / vanilla-student accuracy gap.")
     if result.deploy_table is not None:
         print()
-        print(f"deployed RED student ({result.deploy_dir}/report.md):")
+        scored = (f"; test accuracy on {result.deploy_test_images} test images, the table above on the whole "
+                  "test split" if result.deploy_test_images else "")
+        print(f"deployed RED student ({result.deploy_dir}/report.md{scored}):")
         print(result.deploy_table)
     print(f"report: {result.report_path} ({result.seconds / 60:.1f} min; reused: {', '.join(result.reused) or 'none'})")
     return 0
