@@ -91,7 +91,7 @@ class Trace:
     module_spans: list[tuple[str, int, int]] = field(default_factory=list)  # (name, first op, last op)
 
 
-# Argument types that never hold a tensor (the common case, so they are tested first).
+# Leaf types that are neither a tensor nor a placeholder (most op arguments): passed through as they are.
 _LEAVES = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
                      torch.memory_format})
 
@@ -101,12 +101,15 @@ def _is_tensor(x: Any) -> bool:
 
 
 def map_args(fn, tree: Any) -> Any:
-    """``tree_map(fn, tree)`` for op arguments: plain tuples, lists and dicts are walked by hand (the
-    tracer calls this several times per op, and ``tree_map`` costs about ten times more); any other
-    container (a named tuple, a structseq) goes to ``tree_map``."""
+    """``tree_map(fn, tree)`` for op arguments, whose ``fn`` maps tensors and :class:`Ref` placeholders:
+    plain tuples, lists and dicts are walked by hand (the tracer does this for every op, and ``tree_map``
+    costs about ten times more), scalars, dtypes and devices pass through without a call to ``fn``, and
+    any other container (a named tuple, a structseq) goes to ``tree_map``."""
     kind = type(tree)
+    if kind in _LEAVES:
+        return tree
     if kind is tuple:
-        return tuple(map_args(fn, x) for x in tree)
+        return tuple([map_args(fn, x) for x in tree])
     if kind is list:
         return [map_args(fn, x) for x in tree]
     if kind is dict:
@@ -198,27 +201,6 @@ class _Tracer(TorchDispatchMode):
             self.trace.storages[sid].eager_death = index - 1
 
     # -- the mode ----------------------------------------------------------
-    def _ref(self, x: Any, tensors: list, vids: list) -> Any:
-        """``x`` (an op argument) with its tensors replaced by :class:`Ref` placeholders; the tensors
-        and their value ids are appended to ``tensors`` and ``vids`` (``tree_flatten`` order)."""
-        kind = type(x)
-        if kind in _LEAVES:
-            return x
-        if isinstance(x, torch.Tensor):
-            vid = self._vid_of_arg(x)
-            tensors.append(x)
-            vids.append(vid)
-            return Ref(vid)
-        if kind is tuple:
-            return tuple([self._ref(y, tensors, vids) for y in x])
-        if kind is list:
-            return [self._ref(y, tensors, vids) for y in x]
-        if kind is dict:
-            return {k: self._ref(v, tensors, vids) for k, v in x.items()}
-        if isinstance(x, (tuple, list, dict)):  # a named tuple and the like
-            return tree_map(lambda y: self._ref(y, tensors, vids), x)
-        return x
-
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:  # a metadata query (fake tensors ask it), not an op
@@ -228,8 +210,16 @@ class _Tracer(TorchDispatchMode):
         # Placeholders are taken before the call: an add_ re-binds its tensor to a new value.
         in_tensors: list[torch.Tensor] = []
         in_vids: list[int] = []
-        args_ref = self._ref(args, in_tensors, in_vids)
-        kwargs_ref = self._ref(kwargs, in_tensors, in_vids) if kwargs else {}
+
+        def to_ref(x: Any) -> Any:
+            if not isinstance(x, torch.Tensor):
+                return x
+            vid = self._vid_of_arg(x)
+            in_tensors.append(x)
+            in_vids.append(vid)
+            return Ref(vid)
+
+        args_ref, kwargs_ref = map_args(to_ref, args), map_args(to_ref, kwargs)
         out = func(*args, **kwargs)
 
         meta = self.op_meta.get(func)
@@ -241,6 +231,8 @@ class _Tracer(TorchDispatchMode):
 
         def record(x: Any) -> Any:
             nonlocal in_place_of
+            if not isinstance(x, torch.Tensor):
+                return x
             if is_view and in_vids:
                 self._alias_param_view(x, in_vids[0])
             same = None
@@ -260,10 +252,7 @@ class _Tracer(TorchDispatchMode):
             outputs.append(vid)
             return Ref(vid)
 
-        if isinstance(out, torch.Tensor):
-            out_tree = record(out)
-        else:
-            out_tree = map_args(lambda x: record(x) if isinstance(x, torch.Tensor) else x, out)
+        out_tree = map_args(record, out)
         mod = self.module_stack[-1]
         self.trace.ops.append(
             Op(index, name, func, args_ref, kwargs_ref, list(dict.fromkeys(in_vids)), outputs, out_tree,
@@ -311,14 +300,14 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Tra
     open_spans: list[tuple[str, int]] = []
 
     def pre(mod, _args):
-        name = names.get(mod)
-        if name is None or mod is model:  # the root, or a module that is not the model's
+        if mod is model or mod not in names:  # the root, or a module that is not the model's
             return
+        name = names[mod]
         tracer.module_stack.append(name)
         open_spans.append((name, len(trace.ops)))
 
     def post(mod, _args, _out):
-        if mod not in names or mod is model:
+        if mod is model or mod not in names:
             return
         name, first = open_spans.pop()
         tracer.module_stack.pop()
