@@ -289,6 +289,86 @@ def test_fake_analysis_plans_what_cannot_be_allocated():
         analyze_memory(model, (1, 3, 8, 8), fake=True, measure=True)
 
 
+# -- the shapes-only trace (heavy ops allocated, not computed) ----------------------------------
+def _structure(trace):
+    """Everything the analysis reads from a trace: ops, values, storages and their lifetimes."""
+    return ([(o.name, o.module, o.inputs, o.outputs, o.in_place_of) for o in trace.ops],
+            {k: (v.sid, v.shape, v.dtype, v.producer) for k, v in trace.values.items()},
+            {k: (s.nbytes, s.itemsize, s.kind, s.birth, s.eager_death) for k, s in trace.storages.items()},
+            trace.input_vids, trace.output_vids, trace.module_spans)
+
+
+class _Branchy(nn.Module):
+    """Control flow on a convolution's values: zeros (what an uncomputed output holds) take the other branch."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        nn.init.constant_(self.conv.bias, 1.0)
+        nn.init.constant_(self.conv.weight, 0.1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "bool":
+            return torch.relu(y) if y.sum() > 0 else y.unsqueeze(0).repeat(4, 1, 1, 1, 1)
+        if self.how == "nonzero":  # a data-dependent shape
+            return torch.nonzero(y > 1.0)
+        try:  # a model's own except Exception must not swallow the rerun
+            scale = float(y.max())
+        except Exception:
+            scale = 0.0
+        return y * 2 if scale > 0 else torch.cat([y, y, y])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "small_unet", "channels_last", "linear"])
+def test_shapes_only_trace_equals_computing_every_op(name):
+    from redistill.memory.trace import trace_model
+
+    x = torch.rand(2, 3, 48, 40)
+    if name == "small_unet":
+        model = SmallUNet().eval()
+    elif name == "channels_last":  # the CPU convolution keeps channels-last; its meta kernel would not
+        model, x = tv("mobilenet_v2").to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    elif name == "linear":  # addmm, an in-place add_ on an uncomputed value, a flatten view
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 48 * 40, 32), nn.ReLU(inplace=True), nn.Linear(32, 5)).eval()
+    else:
+        model = tv(name)
+    fast, out = trace_model(model, (x,), values=False)
+    assert out is None  # nothing was rerun: the output was not computed
+    full, ref = trace_model(model, (x,), values=True)
+    assert isinstance(ref, torch.Tensor)
+    assert _structure(fast) == _structure(full)
+
+
+@pytest.mark.parametrize("how", ["bool", "nonzero", "item_in_try"])
+def test_shapes_only_trace_reruns_where_a_value_decides(how):
+    from redistill.memory.trace import trace_model
+
+    model = _Branchy(how).eval()
+    x = torch.rand(1, 3, 8, 8)
+    full, ref = trace_model(model, (x,), values=True)
+    fast, out = trace_model(model, (x,), values=False)
+    assert out is not None and torch.equal(out, ref)  # rerun with every op computed
+    assert _structure(fast) == _structure(full)
+    assert _figures(analyze_memory(model, x)) == _figures(analyze_memory(model, x, compute_all=True))
+
+
+def test_shapes_only_trace_computes_under_another_mode_and_reports_real_errors():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from redistill.memory.trace import trace_model
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.rand(1, 3, 10, 10)
+    with FlopCounterMode(display=False) as counter:  # a FLOP counter must see the convolutions run
+        _, out = trace_model(model, (x,), values=False)
+    assert out is not None
+    assert counter.get_total_flops() == 2 * (8 * 27 * 64 + 4 * 8 * 64)
+    with pytest.raises(UserError, match="expects 3"):  # the error of the real run, not of the shortcut
+        trace_model(model, (torch.rand(1, 5, 10, 10),), values=False)
+
+
 # -- what the analysis leaves behind --------------------------------------------------------
 def test_analysis_restores_each_modules_mode_and_the_collector():
     import gc

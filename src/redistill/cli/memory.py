@@ -51,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fake", action="store_true",
                    help="analyse under FakeTensorMode: same shapes and lifetimes, no activation allocated "
                         "(plans inputs too large for this machine, e.g. 1x3x8192x8192; not with --measure)")
+    p.add_argument("--compute-all", action="store_true",
+                   help="compute every op while tracing (by default convolutions and matrix products are "
+                        "allocated, not computed); only a model that reads values without an ATen op, "
+                        "e.g. Tensor.tolist(), needs it")
     p.add_argument("--plot", metavar="FILE", help="write the live-memory plot (PNG)")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.add_argument("--compare", metavar="MODEL2", help="analyse a second model and show both")
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, shape, args.compare, notes=notes, batch_size=args.batch_size, dtype=args.dtype,
         convention=args.convention, fold_bn=not args.no_fold_bn,
         inplace_depthwise=args.inplace_depthwise, inplace_add=args.inplace_add, measure=args.measure,
-        fake=args.fake,
+        fake=args.fake, compute_all=args.compute_all,
     )
     for note in notes:
         print(f"model {note}")

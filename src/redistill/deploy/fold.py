@@ -58,7 +58,7 @@ def fold_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], atol: float =
         UserError: the folded model's outputs differ from the unfolded one's beyond ``atol``.
     """
     model = model.eval()
-    trace, _ = trace_model(model, inputs)
+    trace, _ = trace_model(model, inputs, values=False)
     pairs = foldable_pairs(trace, model)
     folded = fold_batchnorm(model, pairs)
     folded_bn = {bn for _, bn in pairs}

@@ -49,11 +49,12 @@ def make_inputs(input: InputLike, batch_size: int | None = None,
 
 
 def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool, folded_model: bool = True,
-            fake_mode: FakeTensorMode | None = None) -> tuple[nn.Module, Trace, int]:
+            fake_mode: FakeTensorMode | None = None, compute_all: bool = False) -> tuple[nn.Module, Trace, int]:
     """Trace the model once in eval mode, BN folded into convs when asked (the trace is folded
     as the model would be; the model only on a copy, and only when ``folded_model``).
     With ``fake_mode`` (the inputs' mode) the forward runs on fake tensors: shapes and
-    lifetimes, no activation is allocated.
+    lifetimes, no activation is allocated. The heavy ops are allocated, not computed, unless
+    ``compute_all`` (:func:`redistill.memory.trace.trace_model`'s ``values``).
 
     Returns:
         The folded copy (or the model itself: no pair, or ``folded_model`` False), the trace
@@ -67,7 +68,7 @@ def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool, f
     try:
         with paused_gc():
             with fake_mode if fake_mode is not None else contextlib.nullcontext():
-                trace, _ = trace_model(model, inputs)
+                trace, _ = trace_model(model, inputs, values=compute_all)
             pairs = foldable_pairs(trace, model) if fold_bn else []
             if pairs:
                 trace = fold_trace(trace, model, pairs, weights=folded_model)  # the weights only where it runs
@@ -91,6 +92,7 @@ def analyze_memory(
     inplace_add: bool = False,
     measure: bool = False,
     fake: bool = False,
+    compute_all: bool = False,
     name: str | None = None,
 ) -> MemoryReport:
     """Peak activation memory of ``model`` on ``input``.
@@ -108,6 +110,11 @@ def analyze_memory(
         measure: also run the model for real and measure (adds ``report.measured``).
         fake: analyse under ``FakeTensorMode``: the same shapes and lifetimes without allocating any
             activation, so inputs too large for this machine can be planned (not with ``measure``).
+        compute_all: compute every op of the trace. By default the heavy ops (convolutions, matrix
+            products) are allocated from their meta kernels instead, and whatever derives from their
+            outputs only where a value is needed; the trace is the same (rerun in full where a value
+            decides anything an ATen op sees). Only a model that reads values without an ATen op
+            (``Tensor.tolist()``, ``.numpy()``) needs it.
         name: model name for the report.
     Returns:
         A :class:`MemoryReport`.
@@ -118,12 +125,22 @@ def analyze_memory(
         raise UserError(f"unknown convention '{convention}'; use one of {', '.join(liveness.CONVENTIONS)}")
     if fake and measure:
         raise UserError("--measure runs the model for real; drop --fake to measure")
+    # The collector stays paused until the trace is gone: it dies by reference counting, and the
+    # collection that re-enabling would run over its thousands of objects is never needed.
+    with paused_gc():
+        return _analyze(model, input, batch_size, dtype, convention, fold_bn, inplace_depthwise, inplace_add,
+                        measure, fake, compute_all, name)
+
+
+def _analyze(model, input, batch_size, dtype, convention, fold_bn, inplace_depthwise, inplace_add, measure,
+             fake, compute_all, name) -> MemoryReport:
     elem = DTYPE_SIZES[dtype]
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     inputs = make_inputs(input, batch_size, fake_mode)
     if len(inputs) == 1:  # a model that needs more than the image (a UNet's timestep) builds the rest
         inputs = model_inputs(model, inputs[0])
-    traced_model, trace, n_folded = prepare(model, inputs, fold_bn, folded_model=measure, fake_mode=fake_mode)
+    traced_model, trace, n_folded = prepare(model, inputs, fold_bn, folded_model=measure, fake_mode=fake_mode,
+                                           compute_all=compute_all)
 
     live = liveness.plan_live(trace, elem, inplace_depthwise, inplace_add)
     eager = liveness.plan_eager(trace, elem)
@@ -150,7 +167,7 @@ def analyze_memory(
         input_shape=list(inputs[0].shape),
         dtype=dtype,
         convention=convention,
-        options={"fold_bn": fold_bn, "folded_pairs": n_folded, "fake": fake,
+        options={"fold_bn": fold_bn, "folded_pairs": n_folded, "fake": fake, "compute_all": compute_all,
                  "inplace_depthwise": inplace_depthwise, "inplace_add": inplace_add},
         peak_bytes=peaks[convention],
         peak_index=peak_index,

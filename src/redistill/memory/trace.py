@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.utils import _python_dispatch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -30,6 +31,77 @@ from redistill.errors import UserError
 # Element-wise merges of two activations; the in-place-add option and the layer
 # convention treat these specially.
 ADD_OPS = {"aten.add.Tensor", "aten.add_.Tensor"}
+
+_aten = torch.ops.aten
+# The ops that cost a forward its time. A trace that needs shapes and lifetimes only (``values=False``)
+# does not compute them: their outputs are allocated with the sizes and strides of their meta kernels.
+HEAVY_OPS = frozenset({_aten.convolution.default, _aten.mm.default, _aten.addmm.default, _aten.bmm.default,
+                       _aten.baddbmm.default})
+# Ops whose result (a Python scalar, an output shape) depends on the values of their inputs.
+_VALUE_TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
+
+
+class _NeedValues(BaseException):
+    """A value that was not computed decides something: the trace is rerun with every op computed.
+    A BaseException, so that a model's own ``except Exception`` does not swallow it."""
+
+
+def _has_scalar(out: Any) -> bool:
+    if isinstance(out, (tuple, list)):
+        return any(_has_scalar(x) for x in out)
+    return isinstance(out, (bool, int, float, complex))
+
+
+def _meta_like(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device="meta")
+    return x
+
+
+def _uncomputed(func, args, kwargs, undefined: bool) -> Any:
+    """What a shapes-only trace puts in place of computing ``func``, or None where it must compute it.
+
+    The heavy ops on contiguous CPU operands are allocated from their meta kernels. Where an input is already undefined, the result
+    is too, and two common ops need no computing either: an in-place pointwise op (``relu_``, ``add_``)
+    returns its argument as it is, and an eval BatchNorm of a dense fp32 input returns a zero tensor of
+    the input's layout and two empty statistics, as its CPU kernel allocates them (its meta kernel is a
+    Python decomposition that costs more than the kernel)."""
+    if func in HEAVY_OPS:
+        # Where the meta kernel's layout is the CPU kernel's: contiguous operands on the CPU (for a
+        # channels-last operand the meta convolution answers contiguous, the CPU one channels-last).
+        operands = [a for a in args if isinstance(a, torch.Tensor)]
+        if all(a.device.type == "cpu" and a.is_contiguous() for a in operands):
+            return _allocate_output(func, args, kwargs)
+        return None
+    if not undefined:
+        return None
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if x is None:
+        return None
+    tags = func.tags
+    if torch.Tag.inplace in tags and torch.Tag.pointwise in tags:
+        others = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if all(a.dtype == x.dtype and torch.broadcast_shapes(a.shape, x.shape) == x.shape for a in others):
+            return x
+        return None
+    if (func is _aten._native_batch_norm_legit_no_training.default and x.dtype == torch.float32
+            and x.device.type == "cpu" and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))):
+        return torch.zeros_like(x), x.new_empty(0), x.new_empty(0)
+    return None
+
+
+def _allocate_output(func, args, kwargs) -> Any:
+    """The output of ``func`` allocated, not computed: sizes, strides and dtype from its meta kernel
+    (what eager PyTorch allocates), the device of its first tensor argument, filled with zeros (what
+    an uninitialised buffer holds can be denormal, which slows every later op on it several times)."""
+    device = next(x.device for x in args if isinstance(x, torch.Tensor))
+    meta = func(*map_args(_meta_like, args), **map_args(_meta_like, kwargs))
+
+    def real(m: Any) -> Any:
+        if isinstance(m, torch.Tensor):
+            return torch.empty_strided(m.size(), m.stride(), dtype=m.dtype, device=device).zero_()
+        return m
+    return map_args(real, meta)
 
 
 @dataclass(slots=True)
@@ -120,10 +192,12 @@ def map_args(fn, tree: Any) -> Any:
 
 
 class _Tracer(TorchDispatchMode):
-    def __init__(self, trace: Trace, param_cdata: set[int]):
+    def __init__(self, trace: Trace, param_cdata: set[int], values: bool = True):
         super().__init__()
         self.trace = trace
         self.param_cdata = param_cdata
+        self.values = values  # False: HEAVY_OPS are allocated, not computed
+        self.undefined: set[int] = set()  # vids whose contents were not computed (or derive from such)
         # id(tensor) -> (vid, weak reference to the tensor). A plain dict: a WeakIdKeyDictionary builds a
         # reference object on every lookup, and lookups happen for every argument of every op. The weak
         # reference tells a live entry from one whose tensor died and whose id was reused.
@@ -220,7 +294,16 @@ class _Tracer(TorchDispatchMode):
             return Ref(vid)
 
         args_ref, kwargs_ref = map_args(to_ref, args), map_args(to_ref, kwargs)
-        out = func(*args, **kwargs)
+        undefined = bool(self.undefined) and not self.undefined.isdisjoint(in_vids)
+        out = None if self.values else _uncomputed(func, args, kwargs, undefined)
+        if out is not None:
+            undefined = True
+        else:
+            if undefined and any(tag in func.tags for tag in _VALUE_TAGS):
+                raise _NeedValues(str(func))
+            out = func(*args, **kwargs)
+            if undefined and _has_scalar(out):
+                raise _NeedValues(str(func))  # a Python number read off an undefined tensor
 
         meta = self.op_meta.get(func)
         if meta is None:
@@ -253,6 +336,8 @@ class _Tracer(TorchDispatchMode):
             return Ref(vid)
 
         out_tree = map_args(record, out)
+        if undefined:
+            self.undefined.update(outputs)
         mod = self.module_stack[-1]
         self.trace.ops.append(
             Op(index, name, func, args_ref, kwargs_ref, list(dict.fromkeys(in_vids)), outputs, out_tree,
@@ -282,21 +367,38 @@ def _param_cdata(model: nn.Module) -> set[int]:
     return keys
 
 
-def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Trace, Any]:
+def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool = True) -> tuple[Trace, Any]:
     """Run ``model(*inputs)`` once under the tracer.
 
     Args:
         model: any module, already in the mode it should run in (eval).
         inputs: example input tensors.
+        values: compute every op. False when only the trace is wanted (shapes, lifetimes, the op
+            sequence): the heavy ops (:data:`HEAVY_OPS`) are then allocated, not computed, and the
+            returned output is None. Should a value derived from one decide anything an ATen op can
+            see (a Python number such as ``bool(t)`` or ``t.item()``, a data-dependent shape such as
+            ``nonzero``), or the forward fail, the trace is rerun with every op computed, so the
+            recording is the same either way. Values read without an ATen op (``Tensor.tolist``,
+            ``.numpy()``) are not seen: trace such a model with ``values=True``. Always True under
+            another dispatch mode (a FLOP counter, ``FakeTensorMode``), which must see the real ops.
     Returns:
         The trace and the model's output.
     Raises:
         UserError: the forward pass failed; the message names the module and op.
     """
+    if not values and not _python_dispatch._get_current_dispatch_mode_stack():
+        try:
+            return _trace(model, inputs, values=False)[0], None
+        except (_NeedValues, UserError):
+            pass  # rerun with every op computed: the recording (or the error) is the real one
+    return _trace(model, inputs, values=True)
+
+
+def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool) -> tuple[Trace, Any]:
     trace = Trace()
     names = {m: n for n, m in model.named_modules()}
     trace.module_types = {n: type(m).__name__ for m, n in names.items()}
-    tracer = _Tracer(trace, _param_cdata(model))
+    tracer = _Tracer(trace, _param_cdata(model), values)
     open_spans: list[tuple[str, int]] = []
 
     def pre(mod, _args):

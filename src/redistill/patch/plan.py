@@ -144,7 +144,7 @@ def trace_patched(prep: Prepared, split: str, grid: int, flops: bool = False
     """Compile a plan and trace the executor's real op sequence (and count its FLOPs when asked)."""
     patched = PatchedModel(prep.model, compile_patches(prep.trace, split, grid))
     if not flops:
-        return patched, trace_model(patched, prep.inputs)[0], 0
+        return patched, trace_model(patched, prep.inputs, values=False)[0], 0
     with FlopCounterMode(display=False) as counter:
         ptrace, _ = trace_model(patched, prep.inputs)
     return patched, ptrace, int(counter.get_total_flops())
