@@ -106,10 +106,13 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "analysis_speed.json").write_text(json.dumps(out, indent=1))
     lines = ["# Analysis cost vs a plain forward (in process, CPU, 1 thread)", "",
-             f"Forward, analysis and fake analysis are called in turn, {args.repeats} rounds after a warm-up; "
+             "A plain forward, the default analysis, the analysis that computes every op "
+             f"(`compute_all=True`) and the FakeTensorMode one are called in turn, {args.repeats} rounds after a "
+             "warm-up; "
              "a ratio is the median over rounds of that round's time over its forward, with the lowest and "
              "highest round in brackets.", "",
-             f"Target: the default analysis (BN folded from one trace) <= {TARGET}x a forward. "
+             f"Target: the default analysis (BN folded from one trace, convolutions and matrix products "
+             f"allocated and not computed) <= {TARGET}x a forward. "
              + ("**Met** on every row below." if met else
                 f"**Not met**: {sum(r['analyze_x'] > TARGET for r in timing)} of {len(timing)} rows exceed it "
                 f"(worst {max(r['analyze_x'] for r in timing):.2f}x); the tracer's fixed per-op cost dominates "

@@ -21,7 +21,7 @@ def foldable_pairs(trace: Trace, model: nn.Module) -> list[tuple[str, str]]:
     Found from the executed graph, not from module order, so it is right for any model;
     modules called more than once are left alone (folding would change other calls).
     """
-    modules = dict(model.named_modules())
+    modules = trace.modules or dict(model.named_modules())
     calls: dict[str, int] = {}
     for name, _, _ in trace.module_spans:
         calls[name] = calls.get(name, 0) + 1
@@ -66,7 +66,7 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
     deaths and module spans are renumbered; the conv output's buffer lives as long as the BN
     output did, as it does when the folded model runs.
     """
-    modules = dict(model.named_modules())
+    modules = trace.modules or dict(model.named_modules())
     bn_of = dict(pairs)
     conv_ops = {op.module: op for op in trace.ops
                 if op.name == "aten.convolution.default" and op.module in bn_of}
@@ -80,10 +80,11 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
     for vid, v in values.items():
         by_sid.setdefault(v.sid, []).append(vid)
     bn_names = set(bn_of.values())
+    conv_of_bn = {b: c for c, b in pairs}
     for op in trace.ops:
         if op.name not in _BN_OPS or op.module not in bn_names:
             continue
-        conv_name = next(c for c, b in pairs if b == op.module)
+        conv_name = conv_of_bn[op.module]
         conv_op, conv, bn = conv_ops[conv_name], modules[conv_name], modules[op.module]
         if weights:
             weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils import _python_dispatch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,6 +40,9 @@ HEAVY_OPS = frozenset({_aten.convolution.default, _aten.mm.default, _aten.addmm.
 _VALUE_TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
 
 
+_EXPIRED, _FREE_REF = torch.UntypedStorage._expired, torch.UntypedStorage._free_weak_ref
+
+
 class _NeedValues(BaseException):
     """A value that was not computed decides something: the trace is rerun with every op computed.
     A BaseException, so that a model's own ``except Exception`` does not swallow it."""
@@ -58,34 +60,56 @@ def _meta_like(x: Any) -> Any:
     return x
 
 
-def _uncomputed(func, args, kwargs, undefined: bool) -> Any:
+@dataclass(frozen=True, slots=True)
+class _OpInfo:
+    """What the tracer needs to know of an OpOverload, worked out once per trace (none of it is free)."""
+
+    name: str
+    is_view: bool
+    value_dependent: bool  # a Python number or an output shape that depends on its inputs' values
+    stand_in: str | None  # how a shapes-only trace replaces computing it (see _uncomputed)
+
+    @staticmethod
+    def of(func) -> _OpInfo:
+        tags = func.tags
+        if func in HEAVY_OPS:
+            stand_in = "allocate"
+        elif torch.Tag.inplace in tags and torch.Tag.pointwise in tags:
+            stand_in = "inplace"
+        elif func is _aten._native_batch_norm_legit_no_training.default:
+            stand_in = "eval_bn"
+        elif func is _aten.native_batch_norm.default:
+            stand_in = "bn"
+        else:
+            stand_in = None
+        return _OpInfo(str(func), func.is_view, any(t in tags for t in _VALUE_TAGS), stand_in)
+
+
+def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
     """What a shapes-only trace puts in place of computing ``func``, or None where it must compute it.
 
-    The heavy ops on contiguous CPU operands are allocated from their meta kernels. Where an input is already undefined, the result
-    is too, and two common ops need no computing either: an in-place pointwise op (``relu_``, ``add_``)
-    returns its argument as it is, and an eval BatchNorm of a dense fp32 input returns a zero tensor of
-    the input's layout and two empty statistics, as its CPU kernel allocates them (its meta kernel is a
-    Python decomposition that costs more than the kernel)."""
-    if func in HEAVY_OPS:
+    The heavy ops on contiguous CPU operands are allocated from their meta kernels. Where an input is
+    already undefined, the result is too, and two common ops need no computing either: an in-place
+    pointwise op (``relu_``, ``add_``) returns its argument as it is, and an eval BatchNorm of a contiguous
+    fp32 CPU input returns a contiguous zero tensor and two empty statistics, as its CPU kernel allocates
+    them (its meta kernel is a Python decomposition that costs more than the kernel)."""
+    if stand_in == "allocate":
         # Where the meta kernel's layout is the CPU kernel's: contiguous operands on the CPU (for a
         # channels-last operand the meta convolution answers contiguous, the CPU one channels-last).
         operands = [a for a in args if isinstance(a, torch.Tensor)]
         if all(a.device.type == "cpu" and a.is_contiguous() for a in operands):
             return _allocate_output(func, args, kwargs)
         return None
-    if not undefined:
+    if not undefined or not args or not isinstance(args[0], torch.Tensor):
         return None
-    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-    if x is None:
-        return None
-    tags = func.tags
-    if torch.Tag.inplace in tags and torch.Tag.pointwise in tags:
+    x = args[0]
+    if stand_in == "inplace":
         others = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]
         if all(a.dtype == x.dtype and torch.broadcast_shapes(a.shape, x.shape) == x.shape for a in others):
             return x
         return None
-    if (func is _aten._native_batch_norm_legit_no_training.default and x.dtype == torch.float32
-            and x.device.type == "cpu" and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))):
+    eval_mode = stand_in == "eval_bn" or (len(args) > 5 and args[5] is False)  # native_batch_norm: training
+    if eval_mode and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous():
         return torch.zeros_like(x), x.new_empty(0), x.new_empty(0)
     return None
 
@@ -161,6 +185,9 @@ class Trace:
     constants: dict[int, torch.Tensor] = field(default_factory=dict)  # vid -> tensor (params etc.)
     module_types: dict[str, str] = field(default_factory=dict)
     module_spans: list[tuple[str, int, int]] = field(default_factory=list)  # (name, first op, last op)
+    # name -> module of the traced model (what ``named_modules`` gives; walking it again costs a forward's
+    # worth of small ops on a large model). Empty in a trace derived from another (fold_trace).
+    modules: dict[str, nn.Module] = field(default_factory=dict)
 
 
 # Leaf types that are neither a tensor nor a placeholder (most op arguments): passed through as they are.
@@ -202,8 +229,10 @@ class _Tracer(TorchDispatchMode):
         # reference object on every lookup, and lookups happen for every argument of every op. The weak
         # reference tells a live entry from one whose tensor died and whose id was reused.
         self.vids: dict[int, tuple[int, weakref.ref]] = {}
-        self.op_meta: dict[Any, tuple[str, bool]] = {}  # OpOverload -> (name, is a view): neither is free
-        self.live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage cdata -> (sid, weakref)
+        self.op_info: dict[Any, _OpInfo] = {}
+        # storage cdata -> (sid, weak reference): a raw one (``UntypedStorage._weak_ref``), freed by
+        # release(); torch's StorageWeakRef wrapper costs several times more to make and drop.
+        self.live: dict[int, tuple[int, int]] = {}
         self.params: dict[int, int] = {}  # storage cdata -> sid of the model's own parameters and buffers
         self.module_stack: list[str] = [""]
 
@@ -215,10 +244,11 @@ class _Tracer(TorchDispatchMode):
             return self.params[key]
         hit = self.live.get(key)
         if hit is not None:
-            if not hit[1].expired():
+            if not _EXPIRED(hit[1]):
                 return hit[0]
             # Freed since the last op boundary and its address reused already.
             self.trace.storages[hit[0]].eager_death = producer - 1
+            _FREE_REF(hit[1])
         sid = len(self.trace.storages)
         if key in self.param_cdata:
             kind = "param"
@@ -226,14 +256,14 @@ class _Tracer(TorchDispatchMode):
             sid=sid,
             nbytes=st.nbytes(),
             itemsize=t.element_size(),
-            floating=t.is_floating_point() or t.is_complex(),
+            floating=t.dtype.is_floating_point or t.dtype.is_complex,
             kind=kind,
             birth=producer,
         )
         if key in self.param_cdata:  # the model holds it for the whole forward: never reaped
             self.params[key] = sid
         else:
-            self.live[key] = (sid, StorageWeakRef(st))
+            self.live[key] = (sid, st._weak_ref())
         return sid
 
     def _new_value(self, t: torch.Tensor, producer: int, kind: str = "activation") -> int:
@@ -254,7 +284,7 @@ class _Tracer(TorchDispatchMode):
         base = self.trace.storages[self.trace.values[base_vid].sid]
         st = view.untyped_storage()
         if base.kind == "param" and st._cdata not in self.live:
-            self.live[st._cdata] = (base.sid, StorageWeakRef(st))
+            self.live[st._cdata] = (base.sid, st._weak_ref())
 
     def register_input(self, t: torch.Tensor) -> None:
         self.trace.input_vids.append(self._new_value(t, -1, "input"))
@@ -268,11 +298,17 @@ class _Tracer(TorchDispatchMode):
 
     def _reap(self, index: int) -> None:
         """Record the storages eager PyTorch has freed since the previous op."""
-        expired = torch.UntypedStorage._expired
-        dead = [k for k, (_, ref) in self.live.items() if expired(ref.cdata)]
+        dead = [k for k, (_, ref) in self.live.items() if _EXPIRED(ref)]
         for key in dead:
-            sid, _ = self.live.pop(key)
+            sid, ref = self.live.pop(key)
             self.trace.storages[sid].eager_death = index - 1
+            _FREE_REF(ref)
+
+    def release(self) -> None:
+        """Free the weak references still held (the storages that outlive the forward)."""
+        for _, ref in self.live.values():
+            _FREE_REF(ref)
+        self.live.clear()
 
     # -- the mode ----------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -294,21 +330,22 @@ class _Tracer(TorchDispatchMode):
             return Ref(vid)
 
         args_ref, kwargs_ref = map_args(to_ref, args), map_args(to_ref, kwargs)
+        info = self.op_info.get(func)
+        if info is None:
+            info = self.op_info[func] = _OpInfo.of(func)
         undefined = bool(self.undefined) and not self.undefined.isdisjoint(in_vids)
-        out = None if self.values else _uncomputed(func, args, kwargs, undefined)
+        out = None
+        if not self.values and info.stand_in is not None:
+            out = _uncomputed(info.stand_in, func, args, kwargs, undefined)
         if out is not None:
             undefined = True
         else:
-            if undefined and any(tag in func.tags for tag in _VALUE_TAGS):
-                raise _NeedValues(str(func))
+            if undefined and info.value_dependent:
+                raise _NeedValues(info.name)
             out = func(*args, **kwargs)
             if undefined and _has_scalar(out):
-                raise _NeedValues(str(func))  # a Python number read off an undefined tensor
-
-        meta = self.op_meta.get(func)
-        if meta is None:
-            meta = self.op_meta[func] = (str(func), func.is_view)
-        name, is_view = meta
+                raise _NeedValues(info.name)  # a Python number read off an undefined tensor
+        name, is_view = info.name, info.is_view
         in_place_of = None
         outputs: list[int] = []
 
@@ -397,7 +434,8 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool
 def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool) -> tuple[Trace, Any]:
     trace = Trace()
     names = {m: n for n, m in model.named_modules()}
-    trace.module_types = {n: type(m).__name__ for m, n in names.items()}
+    trace.modules = {n: m for m, n in names.items()}
+    trace.module_types = {n: type(m).__name__ for n, m in trace.modules.items()}
     tracer = _Tracer(trace, _param_cdata(model), values)
     open_spans: list[tuple[str, int]] = []
 
@@ -434,6 +472,7 @@ def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool) -> 
     finally:
         for h in handles:
             h.remove()
+        tracer.release()
     return trace, out
 
 
