@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
-from redistill.memory.trace import Ref, Storage, Trace, Value, map_args
+from redistill.memory.trace import Op, Ref, Storage, Trace, Value, map_args
 
 _BN_OPS = {"aten._native_batch_norm_legit_no_training.default", "aten.native_batch_norm.default"}
 
@@ -135,26 +135,30 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
     swap = lambda x: Ref(rename.get(x.vid, x.vid)) if isinstance(x, Ref) else x  # noqa: E731
     ops = []
     renamed = set(rename)
-    for op in kept:
-        if op.index not in new_args and renamed.isdisjoint(op.inputs) and renamed.isdisjoint(op.outputs):
-            ops.append(replace(op, index=new_index[op.index]))  # untouched by the folding
-            continue
-        args = map_args(swap, op.args)
-        if op.index in new_args:
-            w, b = new_args[op.index]
-            args = (args[0], Ref(w), Ref(b), *args[3:])
-        inputs = list(dict.fromkeys(rename.get(v, v) for v in _refs(args) + _refs(op.kwargs)))
-        ops.append(replace(op, index=new_index[op.index], args=args, kwargs=map_args(swap, op.kwargs),
-                           inputs=inputs, outputs=[rename.get(v, v) for v in op.outputs],
-                           out_tree=map_args(swap, op.out_tree),
-                           in_place_of=None if op.in_place_of is None else rename.get(op.in_place_of, op.in_place_of)))
+    for op in kept:  # Op(...) rather than dataclasses.replace: this loop visits every op of the model
+        conv = new_args.get(op.index)
+        touched_in = conv is not None or not renamed.isdisjoint(op.inputs)
+        args, kwargs, inputs = op.args, op.kwargs, op.inputs
+        if touched_in:
+            args, kwargs = map_args(swap, op.args), map_args(swap, op.kwargs)
+            if conv is not None:
+                args = (args[0], Ref(conv[0]), Ref(conv[1]), *args[3:])
+                inputs = list(dict.fromkeys(_refs(args) + _refs(kwargs)))
+            else:
+                inputs = list(dict.fromkeys(rename.get(v, v) for v in op.inputs))
+        outputs, out_tree = op.outputs, op.out_tree
+        if not renamed.isdisjoint(op.outputs):
+            outputs, out_tree = [rename.get(v, v) for v in op.outputs], map_args(swap, op.out_tree)
+        in_place_of = None if op.in_place_of is None else rename.get(op.in_place_of, op.in_place_of)
+        ops.append(Op(new_index[op.index], op.name, op.func, args, kwargs, inputs, outputs, out_tree,
+                      op.module, op.module_type, in_place_of))
     for vid, v in values.items():
         if remap(v.producer) != v.producer:
-            values[vid] = replace(v, producer=remap(v.producer))
+            values[vid] = Value(v.vid, v.sid, v.shape, v.dtype, v.numel, remap(v.producer))
     for sid, s in storages.items():
         death = s.eager_death if s.eager_death is None else remap(s.eager_death)
         if (remap(s.birth), death) != (s.birth, s.eager_death):
-            storages[sid] = replace(s, birth=remap(s.birth), eager_death=death)
+            storages[sid] = Storage(s.sid, s.nbytes, s.itemsize, s.floating, s.kind, remap(s.birth), death)
     spans = []
     for name, first, end in trace.module_spans:
         start = next((new_index[i] for i in range(first, end + 1) if i in new_index), remap(end) + 1)
