@@ -307,6 +307,8 @@ class _Branchy(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         nn.init.constant_(self.conv.bias, 1.0)
         nn.init.constant_(self.conv.weight, 0.1)
+        self.register_buffer("count", torch.zeros(()))
+        self.register_buffer("ema", torch.zeros(4))
 
     def forward(self, x):
         y = self.conv(x)
@@ -314,6 +316,14 @@ class _Branchy(nn.Module):
             return torch.relu(y) if y.sum() > 0 else y.unsqueeze(0).repeat(4, 1, 1, 1, 1)
         if self.how == "nonzero":  # a data-dependent shape
             return torch.nonzero(y > 1.0)
+        if self.how == "slice":  # written into a slice of a computed buffer: the buffer is undefined too
+            buf = torch.zeros(x.shape[0], 8, *x.shape[2:])
+            buf[:, :4] = y
+            return buf.relu() if buf.sum() > 0 else torch.cat([buf, buf])
+        if self.how == "buffer":  # a buffer written in the forward: written once, from computed values
+            self.count.add_(1)
+            self.ema.mul_(0.5).add_(y.mean((0, 2, 3)))
+            return y
         try:  # a model's own except Exception must not swallow the rerun
             scale = float(y.max())
         except Exception:
@@ -321,7 +331,19 @@ class _Branchy(nn.Module):
         return y * 2 if scale > 0 else torch.cat([y, y, y])
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "small_unet", "channels_last", "linear"])
+class _Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=4)
+
+    def forward(self, x):
+        y = self.conv(x).flatten(1)
+        z = torch.matmul(y.unsqueeze(2), y.unsqueeze(1))
+        return z.add_(1.0).relu_()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "small_unet", "channels_last", "cl_1x1",
+                                  "matmul"])
 def test_shapes_only_trace_equals_computing_every_op(name):
     from redistill.memory.trace import trace_model
 
@@ -330,8 +352,11 @@ def test_shapes_only_trace_equals_computing_every_op(name):
         model = SmallUNet().eval()
     elif name == "channels_last":  # the CPU convolution keeps channels-last; its meta kernel would not
         model, x = tv("mobilenet_v2").to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    elif name == "linear":  # addmm, an in-place add_ on an uncomputed value, a flatten view
-        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 48 * 40, 32), nn.ReLU(inplace=True), nn.Linear(32, 5)).eval()
+    elif name == "cl_1x1":  # an (O, I, 1, 1) weight in channels-last passes is_contiguous(); its CPU conv is channels-last
+        model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.Flatten()).eval()
+        model[0].weight.data = model[0].weight.data.to(memory_format=torch.channels_last)
+    elif name == "matmul":  # bmm of two uncomputed values, then an in-place add_ and relu_ on the result
+        model = _Outer().eval()
     else:
         model = tv(name)
     fast, out = trace_model(model, (x,), values=False)
@@ -341,17 +366,35 @@ def test_shapes_only_trace_equals_computing_every_op(name):
     assert _structure(fast) == _structure(full)
 
 
-@pytest.mark.parametrize("how", ["bool", "nonzero", "item_in_try"])
+@pytest.mark.parametrize("how", ["bool", "nonzero", "item_in_try", "slice", "buffer"])
 def test_shapes_only_trace_reruns_where_a_value_decides(how):
     from redistill.memory.trace import trace_model
 
     model = _Branchy(how).eval()
     x = torch.rand(1, 3, 8, 8)
     full, ref = trace_model(model, (x,), values=True)
+    ema = model.ema.clone()
     fast, out = trace_model(model, (x,), values=False)
     assert out is not None and torch.equal(out, ref)  # rerun with every op computed
     assert _structure(fast) == _structure(full)
+    if how == "buffer":  # the second trace wrote the buffers once, from the real values
+        assert model.count.item() == 2 and torch.allclose(model.ema, 0.5 * ema + ref.mean((0, 2, 3)))
     assert _figures(analyze_memory(model, x)) == _figures(analyze_memory(model, x, compute_all=True))
+
+
+def test_first_trace_in_a_process_sees_eager_frees():
+    # The first dispatch of a process imports torch._dynamo, whose reference cycle kept the running op's
+    # tensors alive while the collector was paused: the conv output never died.
+    import subprocess
+    import sys
+
+    code = ("import torch, torch.nn as nn\n"
+            "from redistill.memory.trace import trace_model\n"
+            "m = nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU()).eval()\n"
+            "t, _ = trace_model(m, (torch.rand(2, 4, 5, 5),))\n"
+            "print([s.eager_death for s in t.storages.values() if s.kind == 'activation'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[1,", "None]"]  # the conv output dies after the ReLU; the ReLU output is returned
 
 
 def test_shapes_only_trace_computes_under_another_mode_and_reports_real_errors():

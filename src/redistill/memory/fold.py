@@ -21,7 +21,7 @@ def foldable_pairs(trace: Trace, model: nn.Module) -> list[tuple[str, str]]:
     Found from the executed graph, not from module order, so it is right for any model;
     modules called more than once are left alone (folding would change other calls).
     """
-    modules = trace.modules or dict(model.named_modules())
+    modules = _modules(trace, model)
     calls: dict[str, int] = {}
     for name, _, _ in trace.module_spans:
         calls[name] = calls.get(name, 0) + 1
@@ -66,7 +66,7 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
     deaths and module spans are renumbered; the conv output's buffer lives as long as the BN
     output did, as it does when the folded model runs.
     """
-    modules = trace.modules or dict(model.named_modules())
+    modules = _modules(trace, model)
     bn_of = dict(pairs)
     conv_ops = {op.module: op for op in trace.ops
                 if op.name == "aten.convolution.default" and op.module in bn_of}
@@ -168,6 +168,11 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
     return Trace(ops=ops, values=values, storages=storages, input_vids=list(trace.input_vids),
                  output_vids=[rename.get(v, v) for v in trace.output_vids], constants=constants,
                  module_types=types, module_spans=spans)
+
+
+def _modules(trace: Trace, model: nn.Module) -> dict[str, nn.Module]:
+    """name -> module of ``model``: the trace's own walk when it traced this very model."""
+    return trace.modules if trace.modules.get("") is model else dict(model.named_modules())
 
 
 def _refs(tree) -> list[int]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch._prims_common as prims_common
 import torch.nn as nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils import _python_dispatch
@@ -68,6 +69,7 @@ class _OpInfo:
     is_view: bool
     value_dependent: bool  # a Python number or an output shape that depends on its inputs' values
     stand_in: str | None  # how a shapes-only trace replaces computing it (see _uncomputed)
+    writes: tuple[int | str, ...]  # the arguments it writes into (positions, or names when passed by keyword)
 
     @staticmethod
     def of(func) -> _OpInfo:
@@ -82,7 +84,9 @@ class _OpInfo:
             stand_in = "bn"
         else:
             stand_in = None
-        return _OpInfo(str(func), func.is_view, any(t in tags for t in _VALUE_TAGS), stand_in)
+        writes = tuple(x for i, a in enumerate(func._schema.arguments)
+                       if a.alias_info is not None and a.alias_info.is_write for x in (i, a.name))
+        return _OpInfo(str(func), func.is_view, any(t in tags for t in _VALUE_TAGS), stand_in, writes)
 
 
 def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
@@ -94,16 +98,21 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
     fp32 CPU input returns a contiguous zero tensor and two empty statistics, as its CPU kernel allocates
     them (its meta kernel is a Python decomposition that costs more than the kernel)."""
     if stand_in == "allocate":
-        # Where the meta kernel's layout is the CPU kernel's: contiguous operands on the CPU (for a
-        # channels-last operand the meta convolution answers contiguous, the CPU one channels-last).
+        # Where the meta kernel's layout is the CPU kernel's: operands on the CPU with exactly row-major
+        # strides, size-1 dimensions included (for an operand the CPU convolution reads as channels-last,
+        # such as an (O, I, 1, 1) weight converted to it, which ``is_contiguous()`` also accepts, the meta
+        # kernel answers contiguous where the CPU one answers channels-last).
         operands = [a for a in args if isinstance(a, torch.Tensor)]
-        if all(a.device.type == "cpu" and a.is_contiguous() for a in operands):
+        if all(a.device.type == "cpu" and a.stride() == prims_common.make_contiguous_strides_for(a.shape)
+               for a in operands):
             return _allocate_output(func, args, kwargs)
         return None
     if not undefined or not args or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
     if stand_in == "inplace":
+        if not prims_common.is_non_overlapping_and_dense_or_false(x):  # eager refuses an overlapping write
+            return None
         others = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]
         if all(a.dtype == x.dtype and torch.broadcast_shapes(a.shape, x.shape) == x.shape for a in others):
             return x
@@ -224,7 +233,8 @@ class _Tracer(TorchDispatchMode):
         self.trace = trace
         self.param_cdata = param_cdata
         self.values = values  # False: HEAVY_OPS are allocated, not computed
-        self.undefined: set[int] = set()  # vids whose contents were not computed (or derive from such)
+        self.undefined: set[int] = set()  # sids whose contents were not computed (or derive from such)
+        self.input_cdata: set[int] = set()  # storages of the model's inputs
         # id(tensor) -> (vid, weak reference to the tensor). A plain dict: a WeakIdKeyDictionary builds a
         # reference object on every lookup, and lookups happen for every argument of every op. The weak
         # reference tells a live entry from one whose tensor died and whose id was reused.
@@ -288,6 +298,17 @@ class _Tracer(TorchDispatchMode):
 
     def register_input(self, t: torch.Tensor) -> None:
         self.trace.input_vids.append(self._new_value(t, -1, "input"))
+        self.input_cdata.add(t.untyped_storage()._cdata)
+
+    def _writes_state(self, writes: tuple[int | str, ...], args, kwargs) -> bool:
+        """Whether an op writes into a parameter, a buffer or an input of the model."""
+        for w in writes:
+            t = args[w] if isinstance(w, int) and w < len(args) else kwargs.get(w) if isinstance(w, str) else None
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage()._cdata
+                if key in self.param_cdata or key in self.input_cdata:
+                    return True
+        return False
 
     def _vid_of_arg(self, t: torch.Tensor) -> int:
         vid = self.vid_of(t)
@@ -333,7 +354,12 @@ class _Tracer(TorchDispatchMode):
         info = self.op_info.get(func)
         if info is None:
             info = self.op_info[func] = _OpInfo.of(func)
-        undefined = bool(self.undefined) and not self.undefined.isdisjoint(in_vids)
+        values = self.trace.values  # storages, not values: a write into a view leaves its base undefined
+        undefined = bool(self.undefined) and any(values[v].sid in self.undefined for v in in_vids)
+        if not self.values and info.writes and self._writes_state(info.writes, args, kwargs):
+            # The model's parameters, buffers or inputs would be written from what may not have been
+            # computed, and twice if the trace had to rerun: compute every op from the start instead.
+            raise _NeedValues(info.name)
         out = None
         if not self.values and info.stand_in is not None:
             out = _uncomputed(info.stand_in, func, args, kwargs, undefined)
@@ -374,7 +400,7 @@ class _Tracer(TorchDispatchMode):
 
         out_tree = map_args(record, out)
         if undefined:
-            self.undefined.update(outputs)
+            self.undefined.update(values[v].sid for v in outputs)
         mod = self.module_stack[-1]
         self.trace.ops.append(
             Op(index, name, func, args_ref, kwargs_ref, list(dict.fromkeys(in_vids)), outputs, out_tree,
@@ -414,9 +440,11 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool
             sequence): the heavy ops (:data:`HEAVY_OPS`) are then allocated, not computed, and the
             returned output is None. Should a value derived from one decide anything an ATen op can
             see (a Python number such as ``bool(t)`` or ``t.item()``, a data-dependent shape such as
-            ``nonzero``), or the forward fail, the trace is rerun with every op computed, so the
-            recording is the same either way. Values read without an ATen op (``Tensor.tolist``,
-            ``.numpy()``) are not seen: trace such a model with ``values=True``. Always True under
+            ``nonzero``), an op write into a parameter, buffer or input (before it does), or the
+            forward fail, the trace is rerun with every op computed, so the recording is the same
+            either way. Values read without an ATen op (``Tensor.tolist``, ``.numpy()``) are not seen,
+            and Python state a forward keeps between calls (a cache built on the first call) is left
+            as the stopped attempt made it: trace such a model with ``values=True``. Always True under
             another dispatch mode (a FLOP counter, ``FakeTensorMode``), which must see the real ops.
     Returns:
         The trace and the model's output.
@@ -432,6 +460,10 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool
 
 
 def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool) -> tuple[Trace, Any]:
+    # The first dispatch imports torch._dynamo (the mode's guard); that import leaves a reference cycle
+    # holding the running op's frame, whose tensors then outlive their eager death while the collector
+    # is paused. Imported here, before anything is recorded.
+    import torch._dynamo  # noqa: F401
     trace = Trace()
     names = {m: n for n, m in model.named_modules()}
     trace.modules = {n: m for m, n in names.items()}
