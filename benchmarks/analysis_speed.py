@@ -61,7 +61,8 @@ def _figures(r) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=["resnet18", "mobilenet_v2", "resnet50"])
+    parser.add_argument("--models", nargs="*",
+                        default=["resnet18", "mobilenet_v2", "resnet50", "efficientnet_b0", "mnasnet0_5"])
     parser.add_argument("--sizes", nargs="*", type=int, default=[224, 448, 672, 896])
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--exactness-models", nargs="*", default=MODELS)

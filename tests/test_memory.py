@@ -382,6 +382,43 @@ def test_shapes_only_trace_reruns_where_a_value_decides(how):
     assert _figures(analyze_memory(model, x)) == _figures(analyze_memory(model, x, compute_all=True))
 
 
+class _Stash(nn.Module):
+    """conv -> BN -> ReLU -> conv, and a second conv whose output a computed op (abs) reads; the
+    tensors are kept as Python references, which no ATen op sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 1))
+        self.b = nn.Conv2d(3, 4, 3)
+        self.seen = {}
+
+    def forward(self, x):
+        y = self.a[0](x)
+        self.seen["unread"] = y
+        y = self.a[3](self.a[2](self.a[1](y)))
+        self.seen["read"] = self.b(x).abs()
+        return y + self.seen["read"]
+
+
+def test_shapes_only_trace_zeroes_a_stand_in_buffer_only_when_a_computed_op_reads_it(monkeypatch):
+    import redistill.memory.trace as trace_mod
+
+    allocate = trace_mod._allocate_output
+
+    def poisoned(func, args, kwargs):  # the worst an uninitialised buffer can hold
+        out = allocate(func, args, kwargs)
+        return out.fill_(float("nan")) if isinstance(out, torch.Tensor) else out
+
+    monkeypatch.setattr(trace_mod, "_allocate_output", poisoned)
+    model = _Stash().eval()
+    x = torch.rand(1, 3, 8, 8)
+    full, _ = trace_mod.trace_model(model, (x,), values=True)
+    fast, out = trace_mod.trace_model(model, (x,), values=False)
+    assert out is None and _structure(fast) == _structure(full)
+    assert torch.equal(model.seen["read"], torch.zeros(1, 4, 6, 6))  # zeroed before abs read it
+    assert model.seen["unread"].isnan().all()  # read only by the BN stand-in: never written
+
+
 def test_first_trace_in_a_process_sees_eager_frees():
     # The first dispatch of a process imports torch._dynamo, whose reference cycle kept the running op's
     # tensors alive while the collector was paused: the conv output never died.

@@ -95,16 +95,15 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
     The heavy ops on contiguous CPU operands are allocated from their meta kernels. Where an input is
     already undefined, the result is too, and two common ops need no computing either: an in-place
     pointwise op (``relu_``, ``add_``) returns its argument as it is, and an eval BatchNorm of a contiguous
-    fp32 CPU input returns a contiguous zero tensor and two empty statistics, as its CPU kernel allocates
-    them (its meta kernel is a Python decomposition that costs more than the kernel)."""
+    fp32 CPU input returns a contiguous tensor and two empty statistics, as its CPU kernel allocates
+    them (its meta kernel is a Python decomposition that costs more than the kernel). Their buffers are
+    left as allocated, and zeroed only where a computed op reads them (``_Tracer._fill``)."""
     if stand_in == "allocate":
         # Where the meta kernel's layout is the CPU kernel's: operands on the CPU with exactly row-major
         # strides, size-1 dimensions included (for an operand the CPU convolution reads as channels-last,
         # such as an (O, I, 1, 1) weight converted to it, which ``is_contiguous()`` also accepts, the meta
         # kernel answers contiguous where the CPU one answers channels-last).
-        operands = [a for a in args if isinstance(a, torch.Tensor)]
-        if all(a.device.type == "cpu" and a.stride() == prims_common.make_contiguous_strides_for(a.shape)
-               for a in operands):
+        if all(_row_major_cpu(a) for a in args if isinstance(a, torch.Tensor)):
             return _allocate_output(func, args, kwargs)
         return None
     if not undefined or not args or not isinstance(args[0], torch.Tensor):
@@ -119,20 +118,33 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
         return None
     eval_mode = stand_in == "eval_bn" or (len(args) > 5 and args[5] is False)  # native_batch_norm: training
     if eval_mode and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous():
-        return torch.zeros_like(x), x.new_empty(0), x.new_empty(0)
+        return torch.empty_like(x), x.new_empty(0), x.new_empty(0)
     return None
+
+
+def _row_major_cpu(t: torch.Tensor) -> bool:
+    """On the CPU with exactly row-major strides (``make_contiguous_strides_for``'s, size-1 and size-0
+    dimensions included), in plain integers: this runs for every operand of every heavy op."""
+    if t.device.type != "cpu":
+        return False
+    expected = 1
+    for size, stride in zip(reversed(t.shape), reversed(t.stride())):
+        if stride != expected:
+            return False
+        if size > 1:
+            expected *= size
+    return True
 
 
 def _allocate_output(func, args, kwargs) -> Any:
     """The output of ``func`` allocated, not computed: sizes, strides and dtype from its meta kernel
-    (what eager PyTorch allocates), the device of its first tensor argument, filled with zeros (what
-    an uninitialised buffer holds can be denormal, which slows every later op on it several times)."""
+    (what eager PyTorch allocates), the device of its first tensor argument, left uninitialised."""
     device = next(x.device for x in args if isinstance(x, torch.Tensor))
     meta = func(*map_args(_meta_like, args), **map_args(_meta_like, kwargs))
 
     def real(m: Any) -> Any:
         if isinstance(m, torch.Tensor):
-            return torch.empty_strided(m.size(), m.stride(), dtype=m.dtype, device=device).zero_()
+            return torch.empty_strided(m.size(), m.stride(), dtype=m.dtype, device=device)
         return m
     return map_args(real, meta)
 
@@ -216,12 +228,13 @@ def map_args(fn, tree: Any) -> Any:
     kind = type(tree)
     if kind in _LEAVES:
         return tree
+    leaves = _LEAVES
     if kind is tuple:
-        return tuple([map_args(fn, x) for x in tree])
+        return tuple([x if type(x) in leaves else map_args(fn, x) for x in tree])
     if kind is list:
-        return [map_args(fn, x) for x in tree]
+        return [x if type(x) in leaves else map_args(fn, x) for x in tree]
     if kind is dict:
-        return {k: map_args(fn, v) for k, v in tree.items()}
+        return {k: v if type(v) in leaves else map_args(fn, v) for k, v in tree.items()}
     if isinstance(tree, (tuple, list, dict)):
         return tree_map(fn, tree)
     return fn(tree)
@@ -234,6 +247,9 @@ class _Tracer(TorchDispatchMode):
         self.param_cdata = param_cdata
         self.values = values  # False: HEAVY_OPS are allocated, not computed
         self.undefined: set[int] = set()  # sids whose contents were not computed (or derive from such)
+        # sids of stand-in outputs whose buffer still holds what the allocator left there: zeroed only
+        # when a computed op reads them (see _fill)
+        self.unfilled: set[int] = set()
         self.input_cdata: set[int] = set()  # storages of the model's inputs
         # id(tensor) -> (vid, weak reference to the tensor). A plain dict: a WeakIdKeyDictionary builds a
         # reference object on every lookup, and lookups happen for every argument of every op. The weak
@@ -317,6 +333,18 @@ class _Tracer(TorchDispatchMode):
             self.trace.constants[vid] = t
         return vid
 
+    def _fill(self, tensors: list[torch.Tensor], vids: list[int]) -> None:
+        """Zero the buffers a computed op is about to read that a stand-in left as allocated: what an
+        uninitialised buffer holds can be denormal or NaN, which slows the op several times. Buffers
+        no computed op reads (most of them: a convolution's output read only by its BatchNorm) are
+        never written at all."""
+        values = self.trace.values
+        for t, v in zip(tensors, vids):
+            sid = values[v].sid
+            if sid in self.unfilled:
+                self.unfilled.discard(sid)
+                t.untyped_storage().fill_(0)
+
     def _reap(self, index: int) -> None:
         """Record the storages eager PyTorch has freed since the previous op."""
         dead = [k for k, (_, ref) in self.live.items() if _EXPIRED(ref)]
@@ -363,11 +391,14 @@ class _Tracer(TorchDispatchMode):
         out = None
         if not self.values and info.stand_in is not None:
             out = _uncomputed(info.stand_in, func, args, kwargs, undefined)
-        if out is not None:
+        stood_in = out is not None
+        if stood_in:
             undefined = True
         else:
             if undefined and info.value_dependent:
                 raise _NeedValues(info.name)
+            if self.unfilled and not info.is_view:
+                self._fill(in_tensors, in_vids)
             out = func(*args, **kwargs)
             if undefined and _has_scalar(out):
                 raise _NeedValues(info.name)  # a Python number read off an undefined tensor
@@ -401,6 +432,8 @@ class _Tracer(TorchDispatchMode):
         out_tree = map_args(record, out)
         if undefined:
             self.undefined.update(values[v].sid for v in outputs)
+            if stood_in:
+                self.unfilled.update(values[v].sid for v in outputs)
         mod = self.module_stack[-1]
         self.trace.ops.append(
             Op(index, name, func, args_ref, kwargs_ref, list(dict.fromkeys(in_vids)), outputs, out_tree,
@@ -423,10 +456,14 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _param_cdata(model: nn.Module) -> set[int]:
+def _param_cdata(modules) -> set[int]:
+    """Storages of the parameters and buffers of ``modules`` (every module of the model), read off
+    each module's own dicts: ``Module.parameters()`` walks the module tree once more per call."""
     keys = set()
-    for t in list(model.parameters()) + list(model.buffers()):
-        keys.add(t.untyped_storage()._cdata)
+    for m in modules:
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                keys.add(t.untyped_storage()._cdata)
     return keys
 
 
@@ -468,7 +505,7 @@ def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool) -> 
     names = {m: n for n, m in model.named_modules()}
     trace.modules = {n: m for m, n in names.items()}
     trace.module_types = {n: type(m).__name__ for n, m in trace.modules.items()}
-    tracer = _Tracer(trace, _param_cdata(model), values)
+    tracer = _Tracer(trace, _param_cdata(names), values)
     open_spans: list[tuple[str, int]] = []
 
     def pre(mod, _args):
