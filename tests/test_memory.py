@@ -484,3 +484,38 @@ def test_ops_of_a_module_outside_the_model_go_to_its_caller():
     convs = [e.module for e in report.timeline if e.op == "convolution.default"]
     assert convs == ["stem", ""]
     assert [m.module for m in report.modules] == ["stem"]
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 4, 9, 7), (6, 4, 3, 3), [1, 1], [0, 0], [1, 1], False, [0, 0], 1),
+    ((1, 8, 10, 10), (8, 1, 3, 3), [2, 2], [1, 1], [1, 1], False, [0, 0], 8),  # depthwise, strided
+    ((1, 6, 11, 13), (4, 3, 3, 5), [2, 3], [1, 2], [2, 1], False, [0, 0], 2),  # grouped, dilated, odd
+    ((1, 4, 7), (5, 4, 3), [2], [1], [1], False, [0], 1),  # 1-d
+    ((1, 2, 5, 6, 7), (3, 2, 3, 3, 3), [1, 2, 1], [1, 0, 1], [1, 1, 2], False, [0, 0, 0], 1),  # 3-d
+    ((1, 4, 9, 9), (6, 4, 3, 3), [1], [1], [1], False, [0], 1),  # one-element lists
+    ((1, 4, 5, 6), (4, 3, 3, 3), [2, 2], [1, 1], [1, 1], True, [1, 0], 1),  # transposed
+    ((1, 4, 5, 5), (4, 2, 4, 4), [2, 2], [1, 1], [1, 1], True, [0, 0], 2),  # transposed, grouped
+    ((3, 4, 1, 1), (5, 4, 1, 1), [1, 1], [0, 0], [1, 1], False, [0, 0], 1),  # 1x1 input and kernel
+])
+def test_convolution_output_shape_matches_the_meta_kernel(case):
+    from redistill.memory.trace import _allocate_output, _conv_output_shape
+
+    x_shape, w_shape, *rest = case
+    args = (torch.empty(x_shape), torch.empty(w_shape), None, *rest)
+    assert _conv_output_shape(*args) is not None  # the formula path is the one tested
+    meta = torch.ops.aten.convolution.default(*(a.to("meta") if isinstance(a, torch.Tensor) else a
+                                                for a in args))
+    out = _allocate_output(torch.ops.aten.convolution.default, args, {})
+    assert (out.shape, out.stride(), out.dtype, out.device.type) == (meta.shape, meta.stride(), meta.dtype, "cpu")
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 4, 2, 2), (6, 4, 3, 3), [1, 1], [0, 0], [1, 1], False, [0, 0], 1),  # kernel larger than the input
+    ((1, 4, 5, 5), (6, 3, 3, 3), [1, 1], [0, 0], [1, 1], False, [0, 0], 1),  # channels do not match
+    ((1, 0, 5, 5), (6, 0, 3, 3), [1, 1], [0, 0], [1, 1], False, [0, 0], 1),  # no input channels
+])
+def test_convolution_output_shape_leaves_unusual_arguments_to_the_meta_kernel(case):
+    from redistill.memory.trace import _conv_output_shape
+
+    x_shape, w_shape, *rest = case
+    assert _conv_output_shape(torch.empty(x_shape), torch.empty(w_shape), None, *rest) is None

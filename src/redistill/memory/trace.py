@@ -136,10 +136,43 @@ def _row_major_cpu(t: torch.Tensor) -> bool:
     return True
 
 
+def _conv_output_shape(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    """The output shape ``aten.convolution``'s meta kernel gives (contiguous, in the input's dtype), in
+    plain integers: the meta kernel costs about 40 us a call, as much as the rest of recording the op.
+    None where the arguments are anything but valid and ordinary (the meta kernel then decides, and
+    raises eager's error where they are invalid)."""
+    dims, kernel = x.shape[2:], weight.shape[2:]
+    n = len(dims)
+    if n == 0 or len(kernel) != n:
+        return None
+    stride, padding, dilation, output_padding = (
+        list(v) * n if len(v) == 1 else list(v) for v in (stride, padding, dilation, output_padding))
+    if not all(len(v) == n for v in (stride, padding, dilation, output_padding)) or x.shape[1] == 0:
+        return None
+    if transposed:
+        out = [(i - 1) * s - 2 * p + d * (k - 1) + o + 1
+               for i, s, p, d, k, o in zip(dims, stride, padding, dilation, kernel, output_padding)]
+        channels = groups * weight.shape[1]
+    else:
+        if weight.shape[1] * groups != x.shape[1]:
+            return None
+        if any(i + 2 * p < d * (k - 1) + 1 for i, p, d, k in zip(dims, padding, dilation, kernel)):
+            return None
+        out = [(i + 2 * p - d * (k - 1) - 1) // s + 1 for i, s, p, d, k in zip(dims, stride, padding, dilation, kernel)]
+        channels = weight.shape[0]
+    if any(o <= 0 for o in out):
+        return None
+    return (x.shape[0], channels, *out)
+
+
 def _allocate_output(func, args, kwargs) -> Any:
     """The output of ``func`` allocated, not computed: sizes, strides and dtype from its meta kernel
     (what eager PyTorch allocates), the device of its first tensor argument, left uninitialised."""
     device = next(x.device for x in args if isinstance(x, torch.Tensor))
+    if func is _aten.convolution.default and not kwargs:
+        shape = _conv_output_shape(*args)
+        if shape is not None:
+            return torch.empty(shape, dtype=args[0].dtype, device=device)
     meta = func(*map_args(_meta_like, args), **map_args(_meta_like, kwargs))
 
     def real(m: Any) -> Any:
@@ -278,14 +311,9 @@ class _Tracer(TorchDispatchMode):
         sid = len(self.trace.storages)
         if key in self.param_cdata:
             kind = "param"
-        self.trace.storages[sid] = Storage(
-            sid=sid,
-            nbytes=st.nbytes(),
-            itemsize=t.element_size(),
-            floating=t.dtype.is_floating_point or t.dtype.is_complex,
-            kind=kind,
-            birth=producer,
-        )
+        dtype = t.dtype
+        self.trace.storages[sid] = Storage(sid, st.nbytes(), t.element_size(),
+                                           dtype.is_floating_point or dtype.is_complex, kind, producer)
         if key in self.param_cdata:  # the model holds it for the whole forward: never reaped
             self.params[key] = sid
         else:
