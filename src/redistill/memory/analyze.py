@@ -13,7 +13,7 @@ from redistill.errors import UserError
 from redistill.memory import liveness, replay
 from redistill.memory.fold import fold_batchnorm, fold_trace, foldable_pairs
 from redistill.memory.report import MemoryReport, ModuleEntry, OpEntry
-from redistill.memory.trace import Trace, paused_gc, trace_model
+from redistill.memory.trace import Trace, param_storages, paused_gc, trace_model
 from redistill.util import model_inputs
 
 DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -159,8 +159,7 @@ def _analyze(model, input, batch_size, dtype, convention, fold_bn, inplace_depth
                 plan.produced[op.index], op.index in layer_set)
         for op in trace.ops
     ]
-    params = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
-              for t in list(model.parameters()) + list(model.buffers())}
+    params = param_storages(model.modules())
     peak_op = trace.ops[peak_index] if trace.ops else None
     report = MemoryReport(
         model=name or type(model).__name__,

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
-
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
@@ -105,12 +103,13 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
         conv_out, bn_out = conv_op.outputs[0], op.outputs[0]
         rename[bn_out] = conv_out
         cs, bs = storages[values[conv_out].sid], storages[values[bn_out].sid]
-        deaths = [d for d in (cs.eager_death, bs.eager_death)]
-        storages[cs.sid] = replace(cs, eager_death=None if None in deaths else max(deaths))
+        death = None if cs.eager_death is None or bs.eager_death is None else max(cs.eager_death, bs.eager_death)
+        storages[cs.sid] = Storage(cs.sid, cs.nbytes, cs.itemsize, cs.floating, cs.kind, cs.birth, death)
         values.pop(bn_out)
         for vid in by_sid.pop(bs.sid, []):  # views and in-place results of the BN output
             if vid in values:
-                values[vid] = replace(values[vid], sid=cs.sid)
+                v = values[vid]
+                values[vid] = Value(v.vid, cs.sid, v.shape, v.dtype, v.numel, v.producer)
                 by_sid.setdefault(cs.sid, []).append(vid)
         storages.pop(bs.sid, None)
         drop.add(op.index)

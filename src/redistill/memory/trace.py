@@ -63,7 +63,7 @@ def _meta_like(x: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class _OpInfo:
-    """What the tracer needs to know of an OpOverload, worked out once per trace (none of it is free)."""
+    """What the tracer needs to know of an OpOverload, worked out once per process (none of it is free)."""
 
     name: str
     is_view: bool
@@ -89,6 +89,10 @@ class _OpInfo:
         return _OpInfo(str(func), func.is_view, any(t in tags for t in _VALUE_TAGS), stand_in, writes)
 
 
+# OpOverload -> what the tracer needs to know of it (the same in every trace; OpOverloads live for good).
+_OP_INFO: dict[Any, _OpInfo] = {}
+
+
 def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
     """What a shapes-only trace puts in place of computing ``func``, or None where it must compute it.
 
@@ -110,7 +114,8 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
         return None
     x = args[0]
     if stand_in == "inplace":
-        if not prims_common.is_non_overlapping_and_dense_or_false(x):  # eager refuses an overlapping write
+        # eager refuses an overlapping write (the contiguous case answered first: the full check is in Python)
+        if not (x.is_contiguous() or prims_common.is_non_overlapping_and_dense_or_false(x)):
             return None
         others = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]
         if all(a.dtype == x.dtype and torch.broadcast_shapes(a.shape, x.shape) == x.shape for a in others):
@@ -288,7 +293,6 @@ class _Tracer(TorchDispatchMode):
         # reference object on every lookup, and lookups happen for every argument of every op. The weak
         # reference tells a live entry from one whose tensor died and whose id was reused.
         self.vids: dict[int, tuple[int, weakref.ref]] = {}
-        self.op_info: dict[Any, _OpInfo] = {}
         # storage cdata -> (sid, weak reference): a raw one (``UntypedStorage._weak_ref``), freed by
         # release(); torch's StorageWeakRef wrapper costs several times more to make and drop.
         self.live: dict[int, tuple[int, int]] = {}
@@ -398,20 +402,28 @@ class _Tracer(TorchDispatchMode):
         in_tensors: list[torch.Tensor] = []
         in_vids: list[int] = []
 
+        vids = self.vids
+
         def to_ref(x: Any) -> Any:
             if not isinstance(x, torch.Tensor):
                 return x
-            vid = self._vid_of_arg(x)
+            hit = vids.get(id(x))
+            vid = hit[0] if hit is not None and hit[1]() is x else self._vid_of_arg(x)
             in_tensors.append(x)
             in_vids.append(vid)
             return Ref(vid)
 
         args_ref, kwargs_ref = map_args(to_ref, args), map_args(to_ref, kwargs)
-        info = self.op_info.get(func)
+        info = _OP_INFO.get(func)
         if info is None:
-            info = self.op_info[func] = _OpInfo.of(func)
+            info = _OP_INFO[func] = _OpInfo.of(func)
         values = self.trace.values  # storages, not values: a write into a view leaves its base undefined
-        undefined = bool(self.undefined) and any(values[v].sid in self.undefined for v in in_vids)
+        undefined = False
+        if self.undefined:
+            for v in in_vids:
+                if values[v].sid in self.undefined:
+                    undefined = True
+                    break
         if not self.values and info.writes and self._writes_state(info.writes, args, kwargs):
             # The model's parameters, buffers or inputs would be written from what may not have been
             # computed, and twice if the trace had to rerun: compute every op from the start instead.
@@ -463,8 +475,9 @@ class _Tracer(TorchDispatchMode):
             if stood_in:
                 self.unfilled.update(values[v].sid for v in outputs)
         mod = self.module_stack[-1]
+        inputs = list(dict.fromkeys(in_vids)) if len(in_vids) > 1 else in_vids
         self.trace.ops.append(
-            Op(index, name, func, args_ref, kwargs_ref, list(dict.fromkeys(in_vids)), outputs, out_tree,
+            Op(index, name, func, args_ref, kwargs_ref, inputs, outputs, out_tree,
                mod, self.trace.module_types.get(mod, ""), in_place_of)
         )
         return out
@@ -484,15 +497,16 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _param_cdata(modules) -> set[int]:
-    """Storages of the parameters and buffers of ``modules`` (every module of the model), read off
-    each module's own dicts: ``Module.parameters()`` walks the module tree once more per call."""
-    keys = set()
+def param_storages(modules) -> dict[int, int]:
+    """cdata -> bytes of the storages of the parameters and buffers of ``modules`` (every module of a
+    model), read off each module's own dicts: ``Module.parameters()`` walks the module tree once per call."""
+    out = {}
     for m in modules:
         for t in (*m._parameters.values(), *m._buffers.values()):
             if t is not None:
-                keys.add(t.untyped_storage()._cdata)
-    return keys
+                st = t.untyped_storage()
+                out[st._cdata] = st.nbytes()
+    return out
 
 
 def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool = True) -> tuple[Trace, Any]:
@@ -533,7 +547,7 @@ def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool) -> 
     names = {m: n for n, m in model.named_modules()}
     trace.modules = {n: m for m, n in names.items()}
     trace.module_types = {n: type(m).__name__ for n, m in trace.modules.items()}
-    tracer = _Tracer(trace, _param_cdata(names), values)
+    tracer = _Tracer(trace, set(param_storages(names)), values)
     open_spans: list[tuple[str, int]] = []
 
     def pre(mod, _args):
