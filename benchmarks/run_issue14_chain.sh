@@ -19,9 +19,9 @@ mnv3=(mobilenetv3_small-1-22121111211 mobilenetv3_small-4-22111111111)     # the
 settings=(
   "56_canvas|0 1 2|runs/fm56_canvas|${r20[0]}|${r20[1]}|data.canvas=56"
   "56_resize|0 1 2|runs/fm56_resize|${r20[0]}|${r20[1]}|data.image_size=56"
-  "64_mnv3_resize|0|runs/fm64_mnv3_resize|${mnv3[0]}|${mnv3[1]}|data.image_size=64"  # one seed first (item 4)
   "56_canvas_wd0|0 1 2|runs/fm56_canvas_wd0|${r20[0]}|${r20[1]}|data.canvas=56 optim.weight_decay=0"
   "56_resize_wd0|0 1 2|runs/fm56_resize_wd0|${r20[0]}|${r20[1]}|data.image_size=56 optim.weight_decay=0"
+  "64_mnv3_resize|0|runs/fm64_mnv3_resize|${mnv3[0]}|${mnv3[1]}|data.image_size=64"  # one seed first (item 4)
   "64_mnv3_resize|0 1 2|runs/fm64_mnv3_resize|${mnv3[0]}|${mnv3[1]}|data.image_size=64"
 )
 status=0
