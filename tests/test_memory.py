@@ -419,6 +419,35 @@ def test_shapes_only_trace_zeroes_a_stand_in_buffer_only_when_a_computed_op_read
     assert model.seen["unread"].isnan().all()  # read only by the BN stand-in: never written
 
 
+class _PlainState(nn.Module):
+    """A plain tensor attribute (neither parameter nor buffer) written in place from an uncomputed
+    value, then read by a computed op, then deciding a branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.scale = torch.ones(4, 1, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        self.scale.add_(y.mean() * 0)  # stood in: the attribute's buffer is handed back as it was
+        w = y * self.scale  # computed: must not zero the attribute it reads
+        if self.scale.sum() > 0:
+            return w.relu()
+        return w.unsqueeze(0).repeat(2, 1, 1, 1, 1)
+
+
+def test_shapes_only_trace_leaves_state_an_in_place_stand_in_touched_as_it_was():
+    from redistill.memory.trace import trace_model
+
+    model = _PlainState().eval()
+    x = torch.rand(1, 3, 8, 8)
+    full, _ = trace_model(model, (x,), values=True)
+    fast, _ = trace_model(model, (x,), values=False)
+    assert torch.equal(model.scale, torch.ones(4, 1, 1))
+    assert _structure(fast) == _structure(full)
+
+
 def test_first_trace_in_a_process_sees_eager_frees():
     # The first dispatch of a process imports torch._dynamo, whose reference cycle kept the running op's
     # tensors alive while the collector was paused: the conv output never died.

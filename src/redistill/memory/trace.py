@@ -144,8 +144,7 @@ def _row_major_cpu(t: torch.Tensor) -> bool:
 def _conv_output_shape(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     """The output shape ``aten.convolution``'s meta kernel gives (contiguous, in the input's dtype), in
     plain integers: the meta kernel costs about 40 us a call, as much as the rest of recording the op.
-    None where the arguments are anything but valid and ordinary (the meta kernel then decides, and
-    raises eager's error where they are invalid)."""
+    None where the arguments are anything but ordinary (the meta kernel then decides)."""
     dims, kernel = x.shape[2:], weight.shape[2:]
     n = len(dims)
     if n == 0 or len(kernel) != n:
@@ -472,7 +471,9 @@ class _Tracer(TorchDispatchMode):
         out_tree = map_args(record, out)
         if undefined:
             self.undefined.update(values[v].sid for v in outputs)
-            if stood_in:
+            if stood_in and info.stand_in != "inplace":
+                # Only the buffers a stand-in allocated: an in-place stand-in hands back its argument's
+                # buffer as it was (unfilled still, or real data that may be the model's own state).
                 self.unfilled.update(values[v].sid for v in outputs)
         mod = self.module_stack[-1]
         inputs = list(dict.fromkeys(in_vids)) if len(in_vids) > 1 else in_vids
