@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights

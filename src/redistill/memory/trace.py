@@ -357,11 +357,10 @@ class _Tracer(TorchDispatchMode):
                     return True
         return False
 
-    def _vid_of_arg(self, t: torch.Tensor) -> int:
-        vid = self.vid_of(t)
-        if vid is None:  # not produced by a traced op: a parameter, buffer or constant
-            vid = self._new_value(t, -1, "param")
-            self.trace.constants[vid] = t
+    def _new_constant(self, t: torch.Tensor) -> int:
+        """A value for an argument no traced op produced: a parameter, buffer or constant."""
+        vid = self._new_value(t, -1, "param")
+        self.trace.constants[vid] = t
         return vid
 
     def _fill(self, tensors: list[torch.Tensor], vids: list[int]) -> None:
@@ -406,8 +405,8 @@ class _Tracer(TorchDispatchMode):
         def to_ref(x: Any) -> Any:
             if not isinstance(x, torch.Tensor):
                 return x
-            hit = vids.get(id(x))
-            vid = hit[0] if hit is not None and hit[1]() is x else self._vid_of_arg(x)
+            hit = vids.get(id(x))  # vid_of, inlined: this runs for every tensor argument of every op
+            vid = hit[0] if hit is not None and hit[1]() is x else self._new_constant(x)
             in_tensors.append(x)
             in_vids.append(vid)
             return Ref(vid)
