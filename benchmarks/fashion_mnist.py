@@ -331,25 +331,70 @@ def _rows(agg: dict):
     return rows
 
 
-def red_loss_trend(summaries: list[dict]) -> dict[str, tuple[float, float]]:
-    """Each RED term's training value in the first and last epoch, mean over runs.
+def red_terms(summary: dict) -> dict[str, list[float]]:
+    """One run's RED loss terms, ``{term: [first-epoch, last-epoch training value]}``.
 
-    Read from the runs' ``metrics.jsonl``; runs without one are skipped.
+    Read from the run's ``metrics.jsonl``, or from ``summary["red_terms"]`` where a results file carried them
+    (a run merged with ``--merge`` has no run folder here); empty for a run with neither.
     """
+    if "red_terms" in summary:
+        return summary["red_terms"]
+    run_dir = Path(summary.get("run_dir") or "")
+    metrics = (run_dir if run_dir.is_absolute() else REPO / run_dir) / "metrics.jsonl"
+    if not summary.get("run_dir") or not metrics.is_file():
+        return {}
+    epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.startswith("{")]
+    epochs = [e for e in epochs if "epoch" in e]
+    return {key[6:]: [epochs[0][key], epochs[-1][key]] for key in (epochs[0] if epochs else []) if key.startswith("train/red/")}
+
+
+def red_loss_trend(summaries: list[dict]) -> dict[str, tuple[float, float]]:
+    """Each RED term's training value in the first and last epoch, mean over runs (those without one skipped)."""
     firsts: dict[str, list[float]] = {}
     lasts: dict[str, list[float]] = {}
     for summary in summaries:
-        run_dir = Path(summary.get("run_dir") or "")
-        metrics = (run_dir if run_dir.is_absolute() else REPO / run_dir) / "metrics.jsonl"
-        if not summary.get("run_dir") or not metrics.is_file():
-            continue
-        epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.startswith("{")]
-        epochs = [e for e in epochs if "epoch" in e]
-        for key in epochs[0] if epochs else []:
-            if key.startswith("train/red/"):
-                firsts.setdefault(key[6:], []).append(epochs[0][key])
-                lasts.setdefault(key[6:], []).append(epochs[-1][key])
+        for key, (first, last) in red_terms(summary).items():
+            firsts.setdefault(key, []).append(first)
+            lasts.setdefault(key, []).append(last)
     return {k: (sum(firsts[k]) / len(firsts[k]), sum(lasts[k]) / len(lasts[k])) for k in firsts}
+
+
+# The settings two calls must share for their seeds to be merged into one result (--merge).
+MERGE_KEYS = ("quick", "batch_size", "teacher_epochs", "student_epochs", "teacher", "student", "teacher_model",
+              "student_plus", "teachers", "overrides", "subset", "red_weights", "tag")
+
+
+def merged_runs(args: argparse.Namespace) -> tuple[dict[str, dict], list[int], dict]:
+    """The finished seeds of an earlier call's results file (``--merge FILE``), to be reported, not retrained.
+
+    A seed is taken when the file holds every group of this call for it and the file's protocol settings
+    (``MERGE_KEYS``) equal this call's. Returns (run summaries by name, the seeds taken, the file's settings).
+    """
+    from redistill.errors import UserError
+
+    path = args.merge
+    try:
+        prior = json.loads(path.read_text())
+        settings, runs = prior["settings"], prior["runs"]
+    except FileNotFoundError:
+        raise UserError(f"--merge {path}: no such file; give the results JSON of the earlier call "
+                        "(benchmarks/results/fashion_mnist_<tag>.json)") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"--merge {path}: not a results file of this script (JSON with 'settings' and 'runs'); "
+                        "give benchmarks/results/fashion_mnist_<tag>.json") from None
+    epochs = {"teacher_epochs": 1 if args.quick else args.teacher_epochs,
+              "student_epochs": 1 if args.quick else args.student_epochs}
+    here = {k: epochs.get(k, getattr(args, k, None)) for k in MERGE_KEYS}
+    here.update(teacher=None if args.teacher is None else str(args.teacher),
+                teachers=None if args.teachers is None else str(args.teachers))
+    differ = [k for k in MERGE_KEYS if settings.get(k) != here[k]]
+    if differ:
+        k = differ[0]
+        raise UserError(f"--merge {path}: its runs used {k} = {settings.get(k)!r}, this call {here[k]!r}; "
+                        "merge only calls of the same protocol (or drop --merge)")
+    groups = kinds(args)
+    seeds = [s for s in args.seeds if s in settings.get("seeds", []) and all(f"{k}_s{s}" in runs for k in groups)]
+    return {name: run for name, run in runs.items() if int(name.rsplit("_s", 1)[1]) in seeds}, seeds, settings
 
 
 def result_lines(agg: dict, summaries: dict, seeds: list[int], rows) -> list[str]:
@@ -425,6 +470,10 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "subset": args.subset, "red_weights": args.red_weights, "tag": args.tag, "argv": args.argv,
         "devices": sorted({s.get("device", "?") for s in summaries.values()}),
     }
+    if args.merged:
+        settings["merged"] = args.merged
+    # Each run's RED terms travel with its summary, so that a later --merge reports them without the run folder.
+    summaries = {name: {**run, "red_terms": red_terms(run)} if red_terms(run) else run for name, run in summaries.items()}
     data = {"settings": settings, **agg, "alpha_selection": selection, "runs": summaries}
     js = args.results / f"{stem}.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
@@ -458,7 +507,10 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
            .format(*args.red_weights) if args.red_weights else "")
         + (f"Every run also takes {', '.join(f'`{o}`' for o in others)}. " if others else "")
         + f"Device(s): {', '.join(settings['devices'])}. Wall time of this call: {wall_s / 60:.1f} min "
-        "(reused runs cost nothing).",
+        "(reused runs cost nothing)."
+        + (f" Seed(s) {', '.join(map(str, args.merged['seeds']))} come from an earlier call of the same protocol, "
+           f"merged from its results file (`--merge {args.merged['file']}`; that call's wall time "
+           f"{args.merged['wall_s'] / 60:.1f} min)." if args.merged else ""),
         "",
     ]
     lines += result_lines(agg, summaries, args.seeds, rows)
@@ -531,6 +583,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", type=Path, default=REPO / "configs" / "demo")
     p.add_argument("--out", type=Path, default=None, help="run directories (default: runs/fashion_mnist[_quick])")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--merge", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="take the finished seeds of an earlier call of the same protocol from its results file "
+                        "(its run folders need not exist: e.g. another machine's), train only the other seeds")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides for every run")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -540,6 +595,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seeds is None:
         args.seeds = [0, 1] if args.quick else [0, 1, 2]
     args.quick_sizes = QUICK_SIZES
+    if args.merge is not None and args.alphas:
+        p.error("--merge takes finished seeds from an earlier call; it cannot be combined with --alphas "
+                "(the alpha is chosen on the first seed's validation runs)")
+    args.merged = None
     if args.teacher is not None and args.teachers is not None:
         p.error("--teacher (one run for every seed) and --teachers (one run per seed) exclude each other")
     if args.workers is None:
@@ -555,7 +614,15 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        summaries, selection = run_protocol(args)
+        summaries, selection = {}, None
+        if args.merge is not None:
+            summaries, seeds, prior = merged_runs(args)
+            args.merged = {"file": str(args.merge), "seeds": seeds, "wall_s": prior.get("wall_s", 0.0)}
+            print(f"--merge {args.merge}: seed(s) {seeds or 'none'} taken from it", flush=True)
+        todo = [s for s in args.seeds if not args.merged or s not in args.merged["seeds"]]
+        if todo:
+            trained, selection = run_protocol(argparse.Namespace(**{**vars(args), "seeds": todo}))
+            summaries.update(trained)
     except UserError as err:
         print(f"fashion_mnist.py: error: {err}", file=sys.stderr)
         return 2

@@ -261,6 +261,53 @@ def test_red_loss_trend_reads_first_and_last_epoch(fm, tmp_path):
     assert trend["red/conv1"] == pytest.approx((0.04, 0.015))
 
 
+def test_merge_takes_finished_seeds_from_an_earlier_results_file(fm, tmp_path, monkeypatch, capsys):
+    """--merge: the seeds an earlier call finished come from its results file (no run folders here, RED
+    terms included), only the others are trained, and a file of another protocol is refused."""
+    accs = {"teacher": [93.0, 93.4, 92.6], "vanilla": [90.0, 90.2, 89.8], "red": [91.0, 91.6, 90.8]}
+    summaries = {f"{k}_s{s}": _summary(k, a, a) for k, v in accs.items() for s, a in enumerate(v)}
+    for s in range(3):
+        summaries[f"red_s{s}"]["red_terms"] = {"red/conv1": [0.04 + s, 0.02]}
+    first = tmp_path / "first"
+    argv = ["--results", str(first), "--tag", "m", "--subset", "500"]
+    args = fm.parse_args([*argv, "--seeds", "0", "1"])
+    two = {k: v for k, v in summaries.items() if not k.endswith("_s2")}
+    js, _, _ = fm.write_results(args, fm.aggregate(two, [0, 1]), two, 120.0, None)
+
+    asked = []
+
+    def fake_protocol(run_args):  # trains nothing: hands back seed 2's runs
+        asked.append(list(run_args.seeds))
+        return {k: v for k, v in summaries.items() if k.endswith("_s2")}, None
+
+    monkeypatch.setattr(fm, "run_protocol", fake_protocol)
+    second = tmp_path / "second"
+    assert fm.main(["--results", str(second), "--tag", "m", "--subset", "500", "--merge", str(js)]) == 0
+    assert asked == [[2]]
+    data = json.loads((second / "fashion_mnist_m.json").read_text())
+    assert data["groups"]["red"]["test_acc"] == [91.0, 91.6, 90.8]
+    assert data["settings"]["merged"] == {"file": str(js), "seeds": [0, 1], "wall_s": 120.0}
+    text = (second / "fashion_mnist_m.md").read_text()
+    assert "Seed(s) 0, 1 come from an earlier call of the same protocol" in text
+    assert "red/conv1 1.0400 -> 0.0200" in text  # (0.04 + 1.04 + 2.04) / 3: every seed's terms, from the files
+    asked.clear()  # every seed already in the file: nothing is trained
+    assert fm.main(["--results", str(second), "--tag", "m", "--subset", "500", "--seeds", "0", "1",
+                    "--merge", str(js)]) == 0 and asked == []
+
+    capsys.readouterr()
+    assert fm.main(["--results", str(second), "--tag", "m", "--subset", "600", "--merge", str(js)]) == 2
+    err = capsys.readouterr().err
+    assert "--merge" in err and "subset = 500, this call 600" in err and "\n" not in err.strip()
+    assert fm.main(["--results", str(second), "--tag", "m", "--merge", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert fm.main(["--results", str(second), "--tag", "m", "--merge", str(tmp_path / "bad.json")]) == 2
+    assert "not a results file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fm.parse_args(["--merge", str(js), "--alphas", "1", "10"])
+    assert asked == []
+
+
 @pytest.mark.slow
 def test_protocol_end_to_end_on_tiny_synthetic_runs(tmp_path):
     """Teachers per seed, an alpha sweep on validation, RED + KD; then a shared teacher reused."""
@@ -319,3 +366,11 @@ def test_protocol_end_to_end_on_tiny_synthetic_runs(tmp_path):
         cfg = yaml.safe_load((per_seed / f"red_s{seed}" / "config.yaml").read_text())
         assert cfg["model"]["teacher_checkpoint"] == str(out / f"teacher_s{seed}")
     assert "not trained in this call" in (res / "fashion_mnist_per_seed.md").read_text()
+
+    # A third seed for the shared-teacher call, its first two merged from the results file alone.
+    more = tmp_path / "more"
+    log = run([*common[:4], *common[7:], "--teacher", str(out / "teacher_s0"), "--out", str(more),
+               "--results", str(res), "--tag", "shared", "--seeds", "0", "1", "2",
+               "--merge", str(res / "fashion_mnist_shared.json")])
+    assert sorted(p.name for p in more.iterdir()) == ["red_s2", "vanilla_s2"] and "seed(s) [0, 1] taken" in log
+    assert len(json.loads((res / "fashion_mnist_shared.json").read_text())["groups"]["red"]["test_acc"]) == 3
