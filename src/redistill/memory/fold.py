@@ -159,9 +159,15 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
         death = s.eager_death if s.eager_death is None else remap(s.eager_death)
         if (remap(s.birth), death) != (s.birth, s.eager_death):
             storages[sid] = Storage(s.sid, s.nbytes, s.itemsize, s.floating, s.kind, remap(s.birth), death)
+    # A span starts at its first kept op, or (none kept) just after the last kept op before it.
+    next_kept, upcoming = [len(trace.ops)] * (len(trace.ops) + 1), len(trace.ops)
+    for i in range(len(trace.ops) - 1, -1, -1):
+        upcoming = i if i in new_index else upcoming
+        next_kept[i] = upcoming
     spans = []
     for name, first, end in trace.module_spans:
-        start = next((new_index[i] for i in range(first, end + 1) if i in new_index), remap(end) + 1)
+        kept_at = next_kept[first] if 0 <= first <= len(trace.ops) else len(trace.ops)
+        start = new_index[kept_at] if kept_at <= end else remap(end) + 1
         spans.append((name, start, remap(end) if end >= 0 else end))
     types = dict(trace.module_types)
     types.update({bn: "Identity" for _, bn in pairs})
