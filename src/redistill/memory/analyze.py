@@ -49,12 +49,14 @@ def make_inputs(input: InputLike, batch_size: int | None = None,
 
 
 def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool, folded_model: bool = True,
-            fake_mode: FakeTensorMode | None = None, compute_all: bool = False) -> tuple[nn.Module, Trace, int]:
+            fake_mode: FakeTensorMode | None = None, compute_all: bool = False,
+            named: list[tuple[str, nn.Module]] | None = None) -> tuple[nn.Module, Trace, int]:
     """Trace the model once in eval mode, BN folded into convs when asked (the trace is folded
     as the model would be; the model only on a copy, and only when ``folded_model``).
     With ``fake_mode`` (the inputs' mode) the forward runs on fake tensors: shapes and
     lifetimes, no activation is allocated. The heavy ops are allocated, not computed, unless
-    ``compute_all`` (:func:`redistill.memory.trace.trace_model`'s ``values``).
+    ``compute_all`` (:func:`redistill.memory.trace.trace_model`'s ``values``). ``named`` is
+    ``list(model.named_modules())`` where the caller has walked the model already.
 
     Returns:
         The folded copy (or the model itself: no pair, or ``folded_model`` False), the trace
@@ -62,13 +64,14 @@ def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], fold_bn: bool, f
     """
     # Only the modules in training mode are switched (and switched back): ``Module.eval()`` walks every
     # module through ``__setattr__``, which costs more than tracing a small model's forward.
-    training = [m for m in model.modules() if m.training]
+    named = list(model.named_modules()) if named is None else named
+    training = [m for _, m in named if m.training]
     for m in training:
         m.training = False
     try:
         with paused_gc():
             with fake_mode if fake_mode is not None else contextlib.nullcontext():
-                trace, _ = trace_model(model, inputs, values=compute_all)
+                trace, _ = trace_model(model, inputs, values=compute_all, named=named)
             pairs = foldable_pairs(trace, model) if fold_bn else []
             if pairs:
                 trace = fold_trace(trace, model, pairs, weights=folded_model)  # the weights only where it runs
@@ -139,8 +142,9 @@ def _analyze(model, input, batch_size, dtype, convention, fold_bn, inplace_depth
     inputs = make_inputs(input, batch_size, fake_mode)
     if len(inputs) == 1:  # a model that needs more than the image (a UNet's timestep) builds the rest
         inputs = model_inputs(model, inputs[0])
+    named = list(model.named_modules())  # one walk of the module tree, shared by every step below
     traced_model, trace, n_folded = prepare(model, inputs, fold_bn, folded_model=measure, fake_mode=fake_mode,
-                                           compute_all=compute_all)
+                                           compute_all=compute_all, named=named)
 
     live = liveness.plan_live(trace, elem, inplace_depthwise, inplace_add)
     eager = liveness.plan_eager(trace, elem)
@@ -159,7 +163,7 @@ def _analyze(model, input, batch_size, dtype, convention, fold_bn, inplace_depth
                 plan.produced[op.index], op.index in layer_set)
         for op in trace.ops
     ]
-    params = param_storages(model.modules())
+    params = param_storages(m for _, m in named)
     peak_op = trace.ops[peak_index] if trace.ops else None
     report = MemoryReport(
         model=name or type(model).__name__,

@@ -509,7 +509,8 @@ def param_storages(modules) -> dict[int, int]:
     return out
 
 
-def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool = True) -> tuple[Trace, Any]:
+def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool = True,
+                named: list[tuple[str, nn.Module]] | None = None) -> tuple[Trace, Any]:
     """Run ``model(*inputs)`` once under the tracer.
 
     Args:
@@ -525,6 +526,7 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool
             and Python state a forward keeps between calls (a cache built on the first call) is left
             as the stopped attempt made it: trace such a model with ``values=True``. Always True under
             another dispatch mode (a FLOP counter, ``FakeTensorMode``), which must see the real ops.
+        named: ``list(model.named_modules())`` where the caller has walked the model already.
     Returns:
         The trace and the model's output.
     Raises:
@@ -532,19 +534,20 @@ def trace_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool
     """
     if not values and not _python_dispatch._get_current_dispatch_mode_stack():
         try:
-            return _trace(model, inputs, values=False)[0], None
+            return _trace(model, inputs, False, named)[0], None
         except (_NeedValues, UserError):
             pass  # rerun with every op computed: the recording (or the error) is the real one
-    return _trace(model, inputs, values=True)
+    return _trace(model, inputs, True, named)
 
 
-def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool) -> tuple[Trace, Any]:
+def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool,
+           named: list[tuple[str, nn.Module]] | None = None) -> tuple[Trace, Any]:
     # The first dispatch imports torch._dynamo (the mode's guard); that import leaves a reference cycle
     # holding the running op's frame, whose tensors then outlive their eager death while the collector
     # is paused. Imported here, before anything is recorded.
     import torch._dynamo  # noqa: F401
     trace = Trace()
-    names = {m: n for n, m in model.named_modules()}
+    names = {m: n for n, m in (model.named_modules() if named is None else named)}
     trace.modules = {n: m for m, n in names.items()}
     trace.module_types = {n: type(m).__name__ for n, m in trace.modules.items()}
     tracer = _Tracer(trace, set(param_storages(names)), values)
