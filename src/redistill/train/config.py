@@ -23,8 +23,9 @@ a comment.
 - ``diffusion`` (``task: diffusion`` only): the DDPM noise schedule (``timesteps``, ``beta_start``,
   ``beta_end``, ``beta_schedule``, ``variance``, ``clip_sample``), ``ema_decay`` and ``eval_seed``
   (the fixed timesteps and noise of the validation loss).
-- ``run``: ``epochs``, ``seed``, ``deterministic``, ``device`` (auto | cpu | cuda | cuda:N), ``amp`` and
-  ``channels_last`` (both used on CUDA only), ``log_every``, ``progress``.
+- ``run``: ``epochs``, ``seed``, ``deterministic``, ``device`` (auto | cpu | cuda | cuda:N), ``amp`` (used
+  on CUDA only), ``channels_last`` (the models' and batches' memory format, on every device), ``log_every``,
+  ``progress``.
 """
 
 from __future__ import annotations
