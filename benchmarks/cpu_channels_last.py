@@ -14,7 +14,6 @@ format the trainer uses; this is what its default rests on.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics
@@ -65,26 +64,19 @@ def make_step(case, memory_format, seed: int = 0, dtype: torch.dtype = torch.flo
     if student_spec is None:
         kw = {"in_channels": shape[0], **options} if diffusion else {"num_classes": 10, "in_channels": shape[0]}
         model = create_model(teacher_spec, **kw).train().to(dtype).to(memory_format=memory_format)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = _loss(model, x, y, diffusion)
-            loss.backward()
-            opt.step()
-            return loss.item()
+        params, loss_of = model.parameters(), lambda: _loss(model, x, y, diffusion)
     else:
         distiller = build(teacher_spec, student_spec, shape, 10, torch.device("cpu"))[0]
         distiller.to(dtype).to(memory_format=memory_format)
-        opt = torch.optim.SGD(distiller.trainable_parameters(), lr=0.01, momentum=0.9)
+        params, loss_of = distiller.trainable_parameters(), lambda: distiller.total_loss(distiller(x, y)[1])
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            _, terms = distiller(x, y)
-            loss = distiller.total_loss(terms)
-            loss.backward()
-            opt.step()
-            return loss.item()
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        opt.step()
+        return loss.item()
     return step
 
 

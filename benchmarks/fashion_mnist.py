@@ -473,7 +473,8 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
     if args.merged:
         settings["merged"] = args.merged
     # Each run's RED terms travel with its summary, so that a later --merge reports them without the run folder.
-    summaries = {name: {**run, "red_terms": red_terms(run)} if red_terms(run) else run for name, run in summaries.items()}
+    terms = {name: red_terms(run) for name, run in summaries.items()}
+    summaries = {name: {**run, "red_terms": terms[name]} if terms[name] else run for name, run in summaries.items()}
     data = {"settings": settings, **agg, "alpha_selection": selection, "runs": summaries}
     js = args.results / f"{stem}.json"
     js.write_text(json.dumps(data, indent=2) + "\n")

@@ -166,8 +166,7 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
         next_kept[i] = upcoming
     spans = []
     for name, first, end in trace.module_spans:
-        kept_at = next_kept[first] if 0 <= first <= len(trace.ops) else len(trace.ops)
-        start = new_index[kept_at] if kept_at <= end else remap(end) + 1
+        start = new_index[next_kept[first]] if next_kept[first] <= end else remap(end) + 1
         spans.append((name, start, remap(end) if end >= 0 else end))
     types = dict(trace.module_types)
     types.update({bn: "Identity" for _, bn in pairs})

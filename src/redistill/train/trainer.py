@@ -71,7 +71,7 @@ class _Loop:
         self.cfg, self.run_dir, self.env, self.device = cfg, run_dir, env, device
         self.use_cuda = device.type == "cuda"
         self.amp = cfg.run.amp and self.use_cuda
-        # Channels-last on every device: also 1.1-1.8x faster training steps on the CPU
+        # Channels-last on every device: also 1.10-1.63x faster training steps on the CPU
         # (benchmarks/results/cpu_channels_last.md).
         self.channels_last = cfg.run.channels_last
 
