@@ -298,12 +298,33 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_elsewhere(tmp_pa
 def test_run_channels_last_sets_the_memory_format_on_the_cpu_too(tmp_path, channels_last):
     """``run.channels_last`` is honoured on the CPU (where it is faster too), and only changes the order
     of summation: the weights after an epoch match those trained in NCHW."""
-    cfg = tiny(f"run.channels_last={str(channels_last).lower()}", "run.epochs=1")
+    wide = "model.options.width=16"  # its strided 1x1 shortcuts read >= 16 channels: no oneDNN hazard
+    cfg = tiny(f"run.channels_last={str(channels_last).lower()}", "run.epochs=1", wide)
     run_training(cfg, tmp_path / "run")
     weights = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     convs = [w for w in weights.values() if w.dim() == 4 and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == channels_last for w in convs)
     if channels_last:
-        run_training(tiny("run.channels_last=false", "run.epochs=1"), tmp_path / "nchw")
+        run_training(tiny("run.channels_last=false", "run.epochs=1", wide), tmp_path / "nchw")
         nchw = load_checkpoint(tmp_path / "nchw" / "last.pt")["model"]
         assert all(torch.allclose(weights[k].float(), nchw[k].float(), rtol=1e-3, atol=1e-5) for k in nchw)
+
+
+def test_channels_last_falls_back_to_nchw_where_onednn_mishandles_it(tmp_path, capfd):
+    """Width 4: the strided 1x1 shortcuts read 4 channels, which oneDNN's channels-last CPU backward corrupts
+    memory on; the run trains in NCHW and says why."""
+    from redistill.models import create_model
+    from redistill.train.trainer import channels_last_cpu_hazard
+
+    assert channels_last_cpu_hazard(create_model("cifar_resnet8", width=16)) is None
+    narrow = create_model("cifar_resnet8", width=4)
+    assert channels_last_cpu_hazard(narrow) == "layer2.0.downsample.0 (1x1 conv, stride 2, 4 input channels)"
+    narrow.requires_grad_(False)  # a frozen teacher is never differentiated
+    assert channels_last_cpu_hazard(narrow) is None
+    run_training(tiny("run.channels_last=true", "run.epochs=1"), tmp_path / "run")
+    assert "training in NCHW, not channels-last" in capfd.readouterr().err
+    weights = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    convs = [w for w in weights.values() if w.dim() == 4 and w.shape[2] * w.shape[3] > 1]
+    assert convs and not any(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[1] > 1)
+
+

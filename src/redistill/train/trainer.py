@@ -52,6 +52,26 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# oneDNN's channels-last (nhwc) backward of a 1x1 convolution with a stride above 1 and fewer input
+# channels (per group) than its channel block (8 with AVX2, 16 with AVX-512) writes past a workspace:
+# heap corruption, a hang or wrong weight gradients (uxlfoundation/oneDNN issue 6035; reproduced here
+# with the torch 2.14.1 CPU build: 4 -> 8 channels, stride 2, 16 px, batch 32 aborts or segfaults).
+CL_CPU_MIN_CHANNELS = 16
+
+
+def channels_last_cpu_hazard(model: nn.Module) -> str | None:
+    """The first trainable convolution that channels-last training on the CPU must avoid, described.
+
+    Returns:
+        ``"name (1x1 conv, stride S, C input channels)"``, or None when the model has none.
+    """
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.weight.requires_grad and m.kernel_size == (1, 1)
+                and max(m.stride) > 1 and m.in_channels // m.groups < CL_CPU_MIN_CHANNELS):
+            return f"{name} (1x1 conv, stride {max(m.stride)}, {m.in_channels // m.groups} input channels)"
+    return None
+
+
 def build_task(cfg: Config, info: DataInfo) -> Task:
     """The task a config names: classification (labels, CE) or diffusion (denoising)."""
     if cfg.task == "diffusion":
@@ -72,7 +92,7 @@ class _Loop:
         self.use_cuda = device.type == "cuda"
         self.amp = cfg.run.amp and self.use_cuda
         # Channels-last on every device: also 1.10-1.63x faster training steps on the CPU
-        # (benchmarks/results/cpu_channels_last.md).
+        # (benchmarks/results/cpu_channels_last.md), except where a oneDNN bug forbids it (below).
         self.channels_last = cfg.run.channels_last
 
         splits = build_datasets(cfg.data)
@@ -96,6 +116,13 @@ class _Loop:
         teacher = load_teacher(cfg, self.info, trust_code=trust_code)
         self.distiller, self.student_info = build_distiller(cfg, self.info, self.task, teacher)
         self.distiller.to(device)
+        hazard = channels_last_cpu_hazard(self.distiller) if self.channels_last and not self.use_cuda else None
+        if hazard is not None:
+            self.channels_last = False
+            if env.is_main:
+                print(f"note: training in NCHW, not channels-last (run.channels_last): {hazard} hits a oneDNN bug "
+                      f"on the CPU in channels-last (1x1 strided convs need >= {CL_CPU_MIN_CHANNELS} input channels)",
+                      file=sys.stderr, flush=True)
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.distiller
