@@ -26,6 +26,10 @@ PAIRS = [
     ("resnet34", 4, "resnet34:strides=8,1,1,2,2,1", 224),
     ("resnet50", 4, "resnet50:strides=8,1,1,2,2,1", 224),
     ("cifar_resnet20", 4, "cifar_resnet20:strides=4,1,1,1", 28),
+    # Not a paper family: the ResNeXt-18 order above applied to its slots (last stage, first, middle).
+    ("cifar_resnet20:strides=1,2,2,2", 2, "cifar_resnet20:strides=2,2,2,1", 56),
+    ("cifar_resnet20:strides=1,2,2,2", 4, "cifar_resnet20:strides=4,1,2,1", 56),
+    ("cifar_resnet20:strides=1,2,2,2", 8, "cifar_resnet20:strides=8,1,1,1", 56),
 ]
 
 

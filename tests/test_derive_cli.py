@@ -53,6 +53,7 @@ def test_cli_derive_prints_and_writes_the_spec(tmp_path, capsys):
     assert main(["derive", *SMALL, "--factor", "4", "--out", str(out), "--plot", str(plot)]) == 0
     text = capsys.readouterr().out
     assert "cifar_resnet8:strides=4,1,1,1" in text and "conv1 1->4" in text
+    assert "all of its down-sampling in the stem" in text  # [4,1,1,1]: one RED pair, not the paper's regime
     assert "peak (layer)" in text and "peak (live)" in text and "GFLOPs" in text
     spec = yaml.safe_load(out.read_text())
     assert spec["strides"] == [4, 1, 1, 1] and spec["in_channels"] == 1
@@ -64,6 +65,15 @@ def test_cli_derive_budget(capsys):
     assert main(["derive", *SMALL, "--budget", "1GiB"]) == 0
     text = capsys.readouterr().out
     assert "x2" in text and "already meets the budget" in text
+    assert "down-sampling in the stem" not in text  # [2,1,2,1] keeps layer2's stride 2
+
+
+def test_cli_derive_paper_shaped_student(capsys):
+    # The paper-shaped teacher: its x4 student keeps a later down-sampling (the demo's pair).
+    assert main(["derive", "cifar_resnet8:strides=1,2,2,2", "--input", "1x1x56x56", "--factor", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "cifar_resnet8:strides=4,1,2,1" in text and "layer1 2->1, layer3 2->1" in text
+    assert "down-sampling in the stem" not in text
 
 
 @pytest.mark.parametrize(

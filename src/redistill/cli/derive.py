@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     result = derive_for(teacher, shape, factor=args.factor, budget=args.budget,
                         convention=args.convention, dtype=args.dtype, drop=drop)
     print(format_result(result, args.model))
+    if result.student_info is not None and all(st == 1 for st in result.student_info.strides[1:]):
+        print("note: this student does all of its down-sampling in the stem, so `pairs: auto` gives it one RED "
+              "pair; the paper's students keep later stride-2 slots (docs/results.md section 2b): a smaller "
+              "--factor, or a teacher with more stride-2 slots, keeps some")
     if args.budget and result.teacher.peaks[args.convention] <= parse_bytes(args.budget):
         print(f"note: the teacher already meets the budget ({args.convention} peak "
               f"{fmt_bytes(result.teacher.peaks[args.convention])})")
