@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The main job: a memory report of two torchvision models (table + plot), then the
-# Fashion-MNIST distillation demo (teacher, x4 student, RED x4 student).
+# Fashion-MNIST distillation demo (teacher, student with its down-sampling in the stem, RED student).
 demo: setup
 	@mkdir -p demo_out
 	$(BIN)/redistill memory torchvision:resnet18 --input 1x3x224x224 --compare mobilenet_v2 --top 6 \

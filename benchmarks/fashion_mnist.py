@@ -1,6 +1,6 @@
 """The full Fashion-MNIST protocol: teacher, vanilla x4 student and RED x4 student, 3 seeds.
 
-Every run uses the quickstart configs (``configs/demo/``) with the reduced-schedule settings
+Every run uses the 28 px Fashion-MNIST configs (``configs/fashion_mnist/``) with the reduced-schedule settings
 lifted: the full training split (or ``--subset N`` images), more epochs (a converged teacher),
 batch 256, one seed per run. The RED student of seed s is distilled from the teacher of seed s,
 or with ``--teacher RUN_DIR`` every seed from one finished teacher run; ``--red-kd`` and ``--kd``
@@ -59,6 +59,12 @@ DIFFERENCES = (("RED - vanilla", "red", "vanilla"), ("RED - student+", "red", "s
 QUICK_SIZES = (2000, 500, 2000)  # --quick: training, validation and test images
 
 
+def _shown(path: Path) -> str:
+    """A path as the results files name it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def kinds(args: argparse.Namespace) -> tuple[str, ...]:
     """Groups reported: teacher, vanilla, RED (student+ with ``--student-plus``, RED + KD with ``--red-kd``,
     KD alone with ``--kd``)."""
@@ -81,7 +87,7 @@ def weights_suffix(args: argparse.Namespace, kind: str) -> str:
 
 
 def protocol_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[str]:
-    """Dotted overrides turning a quickstart config into one run of the protocol."""
+    """Dotted overrides turning a ``configs/fashion_mnist/`` config into one run of the protocol."""
     if args.quick:
         subset, val_subset, test_subset = args.quick_sizes
         epochs = 1
@@ -488,7 +494,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         "",
         f"`python benchmarks/fashion_mnist.py {' '.join(args.argv)}`".replace(" `", "`"),
         "",
-        f"Quickstart configs (`configs/demo/`) with the protocol settings: "
+        f"Configs `{_shown(args.configs)}/` with the protocol settings: "
         + ("a 2,000-image subset and 1 epoch (--quick)" if args.quick else
            ((f"a {args.subset:,}-image subset of the training split (--subset; the same images in every run; "
              "6,000 more held out for validation)" if args.subset else
@@ -523,7 +529,7 @@ def write_results(args: argparse.Namespace, agg: dict, summaries: dict, wall_s: 
         )
     else:
         alphas = sorted({p["alpha"] for p in g["red"]["pairs"] or [] if p.get("alpha") is not None})
-        lines.append(f"- RED alpha: {''.join(f'{a:g}, ' for a in alphas)}the one in configs/demo/student_red.yaml "
+        lines.append(f"- RED alpha: {''.join(f'{a:g}, ' for a in alphas)}the one in {_shown(args.configs)}/student_red.yaml "
                      "(no selection in this call).")
     return [js, write_markdown(args.results / f"{stem}.md", lines, png), png]
 
@@ -581,7 +587,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--red-kd", action="store_true", help="also train RED + KD students (one more group)")
     p.add_argument("--kd", action="store_true", help="also train KD students without RED (one more group)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 images, 1 epoch, seeds 0 1")
-    p.add_argument("--configs", type=Path, default=REPO / "configs" / "demo")
+    p.add_argument("--configs", type=Path, default=REPO / "configs" / "fashion_mnist")
     p.add_argument("--out", type=Path, default=None, help="run directories (default: runs/fashion_mnist[_quick])")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--merge", type=Path, default=None, metavar="RESULTS_JSON",

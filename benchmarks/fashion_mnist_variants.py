@@ -1,6 +1,6 @@
 """What moves RED on Fashion-MNIST: one seed, a short schedule, choices read on validation.
 
-Each variant is the quickstart config (``configs/demo/``: 20,000 training images, 5 epochs,
+Each variant is a 28 px Fashion-MNIST config (``configs/fashion_mnist/``: 20,000 training images, 5 epochs,
 batch 128) with a few overrides, distilled from one finished teacher run. Accuracy is read on
 the full 6,000-image validation split, which is where choices are made (the alpha, the student
 layout); test accuracy is recorded in the JSON but not used. Runs are reused when they exist
@@ -8,7 +8,7 @@ with the same config, so the table can be rebuilt for free and extended one vari
 
 Variants:
     x4 student ``cifar_resnet20:strides=4,1,1,1`` (one RED pair: conv1 <-> teacher layer3.0):
-    vanilla; RED alpha 0 (blocks, no loss), 10 (the quickstart's) and 50; RED with the MSE
+    vanilla; RED alpha 0 (blocks, no loss), 10 (the configs') and 50; RED with the MSE
     distance; RED with w_task = w_distill = 1; KD; RED + KD. The same x4 student with a 5x5 stem
     (a 3x3 stem at stride 4 never reads 8 of the 28 rows and columns). The x2 student
     ``strides=2,1,2,1`` (same 4x peak cut, three RED pairs).
@@ -92,7 +92,7 @@ def write_results(args: argparse.Namespace, summaries: dict[str, dict], teacher:
         "",
         f"`python benchmarks/fashion_mnist_variants.py {' '.join(args.argv)}`".replace(" `", "`"),
         "",
-        f"Quickstart configs (20,000 training images, 5 epochs, batch 128, seed 0), teacher "
+        f"Configs `configs/fashion_mnist/` (20,000 training images, 5 epochs, batch 128, seed 0), teacher "
         f"`{args.teacher}` (validation {t_val:.2f}%, test {teacher['test_acc']:.2f}%). Accuracy on the full "
         "6,000-image validation split; the gap share is (variant - its vanilla) / (teacher - its vanilla), "
         "all on validation. One seed: differences under about 1 point are within seed noise "
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = args.only or list(VARIANTS)
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    configs = REPO / "configs" / "demo"
+    configs = REPO / "configs" / "fashion_mnist"
     start = time.perf_counter()
     summaries = {}
     try:

@@ -103,7 +103,7 @@ def test_student_plus_and_teacher_model_overrides(fm, tmp_path):
     args = fm.parse_args(["--student-plus", "--kd", "--teacher-model", teacher, "--student", student,
                           "--red-weights", "1", "1", "--out", str(tmp_path), "distill.options.alpha=50"])
     assert fm.kinds(args) == ("teacher", "vanilla", "red", "student_plus", "kd")
-    cfgs = {k: load_config(fm.REPO / "configs" / "demo" / fm.CONFIG_FILES[k], fm.protocol_overrides(args, k, 1))
+    cfgs = {k: load_config(fm.REPO / "configs" / "fashion_mnist" / fm.CONFIG_FILES[k], fm.protocol_overrides(args, k, 1))
             for k in fm.kinds(args)}
     assert cfgs["teacher"].model.student == teacher and cfgs["teacher"].distill.method is None
     for kind in ("red", "student_plus", "kd"):  # the distilled runs rebuild that teacher, not the configs' one
@@ -220,7 +220,7 @@ def test_variants_overrides_load_as_configs(variants, tmp_path):
     from redistill.train import load_config
 
     args = argparse.Namespace(device="cpu", data_root="/d", teacher=tmp_path / "best.pt")
-    configs = SCRIPT.parents[1] / "configs" / "demo"
+    configs = SCRIPT.parents[1] / "configs" / "fashion_mnist"
     for name, (config, _, base, _) in variants.VARIANTS.items():
         cfg = load_config(configs / f"{config}.yaml", variants.overrides(args, name))
         assert cfg.data.root == "/d" and cfg.data.val_subset is None and cfg.run.device == "cpu"
@@ -374,3 +374,21 @@ def test_protocol_end_to_end_on_tiny_synthetic_runs(tmp_path):
                "--merge", str(res / "fashion_mnist_shared.json")])
     assert sorted(p.name for p in more.iterdir()) == ["red_s2", "vanilla_s2"] and "seed(s) [0, 1] taken" in log
     assert len(json.loads((res / "fashion_mnist_shared.json").read_text())["groups"]["red"]["test_acc"]) == 3
+
+
+def test_the_demo_configs_are_the_protocol_they_cite_cut_short(fm, tmp_path):
+    """configs/demo/ is the benchmarked protocol's seed 0 with fewer epochs and a smaller validation subset
+    (the demo report says so); nothing else differs."""
+    from redistill.demo import PROTOCOL_RESULTS, STAGES
+    from redistill.train import load_config
+    from redistill.train.config import config_differences
+
+    recorded = json.loads((fm.REPO / PROTOCOL_RESULTS).with_suffix(".json").read_text())["settings"]
+    args = fm.parse_args(recorded["argv"] + ["--out", str(tmp_path)])
+    assert 0 in args.seeds
+    for kind, fname, _ in STAGES:
+        protocol = load_config(args.configs / fm.CONFIG_FILES[kind], fm.protocol_overrides(args, kind, 0))
+        demo = load_config(fm.REPO / "configs" / "demo" / fname)
+        diffs = config_differences(demo.to_dict(), protocol.to_dict())
+        assert [d for d in diffs if not d.startswith("model.teacher_checkpoint")] == [
+            "data.val_subset: None -> 2000", "run.epochs: 30 -> 20"], kind

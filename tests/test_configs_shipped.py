@@ -14,7 +14,7 @@ from redistill.train import load_config
 
 # The configs ship inside the package; `configs/` at the top of the checkout links there.
 CONFIGS = Path(str(resources.files("redistill") / "configs"))
-SHIPPED = sorted(p for d in ("demo", "stl10", "imagenet") for p in (CONFIGS / d).glob("*.yaml"))
+SHIPPED = sorted(p for d in ("demo", "fashion_mnist", "stl10", "imagenet") for p in (CONFIGS / d).glob("*.yaml"))
 # (classes, channels) of each data set. Pairs depend on resolutions only through ratios, so
 # 3-channel recipes are checked at small sizes (32 px for the x16 STL10 nets, 64 px for the
 # x32 ImageNet ones: final maps of 2 x 2, so every stage keeps a distinct resolution) to
@@ -33,7 +33,8 @@ def _family(path: Path) -> str:
 
 def test_shipped_configs_exist():
     names = {f"{p.parent.name}/{p.name}" for p in SHIPPED}
-    assert {"demo/teacher.yaml", "demo/student_vanilla.yaml", "demo/student_red.yaml"} <= names
+    for d in ("demo", "fashion_mnist"):
+        assert {f"{d}/teacher.yaml", f"{d}/student_vanilla.yaml", f"{d}/student_red.yaml"} <= names
     for fam in ("resnext18", "mobilenetv2", "mobilenetv3_small"):
         assert {f"stl10/{fam}_teacher.yaml", f"stl10/{fam}_x4_vanilla.yaml", f"stl10/{fam}_x4_red.yaml"} <= names
     for fam in ("resnet18", "resnet50"):
@@ -44,6 +45,7 @@ def test_shipped_configs_exist():
 def test_config_loads_and_pairs_validate(path):
     cfg = load_config(path)
     classes, channels, size = DATA[cfg.data.name]
+    size = cfg.data.image_size or size  # the demo resizes Fashion-MNIST to 56 px
     kw = dict(num_classes=classes, in_channels=channels, **cfg.model.options)
     student = create_model(cfg.model.student, **kw)
     if cfg.distill.method is None:
@@ -96,3 +98,13 @@ def test_stl10_recipe_is_the_authors(path):
     cfg = load_config(path)
     assert cfg.optim.weight_decay == 0.0
     assert cfg.model.options["dropout"] == (0.2 if path.stem.startswith("mobilenetv3_small") else 0.0)
+
+
+def test_demo_is_the_paper_shaped_pair():
+    """The demo's student keeps a later down-sampling (3 RED pairs), as the paper's students do."""
+    cfg = load_config(CONFIGS / "demo" / "student_red.yaml")
+    kw = dict(num_classes=10, in_channels=1)
+    student, teacher = create_model(cfg.model.student, **kw), create_model(cfg.model.teacher, **kw)
+    pairs = auto_pairs(student, teacher, (1, 1, cfg.data.image_size, cfg.data.image_size))
+    assert [(p.student, p.teacher, p.side) for p in pairs] == [
+        ("conv1", "layer2.0", "out"), ("layer2.0", "layer3.0", "in"), ("layer2.0", "layer3.0", "out")]

@@ -85,7 +85,8 @@ def test_demo_trains_three_runs_and_writes_report(demo_run):
         assert 0.0 <= row.acc <= 1.0 and row.flops > 0
 
     text = result.report_path.read_text()
-    assert "Reduced schedule" in text and "1 epochs" in text
+    assert "**Schedule**" in text and "1 epochs" in text
+    assert "fashion_mnist_56_resize_wd0" not in text  # not the shipped configs: no protocol named
     assert "| teacher |" in text and "| vanilla |" in text and "| red |" in text
     assert "student `conv1` <-> teacher `layer3.0`" in text  # the auto pair at 16 px
     for png in result.plots:
