@@ -24,7 +24,8 @@ a comment.
   ``beta_end``, ``beta_schedule``, ``variance``, ``clip_sample``), ``ema_decay`` and ``eval_seed``
   (the fixed timesteps and noise of the validation loss).
 - ``run``: ``epochs``, ``seed``, ``deterministic``, ``device`` (auto | cpu | cuda | cuda:N), ``amp`` (used
-  on CUDA only), ``channels_last`` (the models' and batches' memory format, on every device), ``log_every``,
+  on CUDA only), ``channels_last`` (the models' and batches' memory format, on every device; on the CPU NCHW where a
+  oneDNN bug forbids it, see ``trainer.channels_last_cpu_hazard``), ``log_every``,
   ``progress``.
 """
 
