@@ -342,8 +342,26 @@ class _Outer(nn.Module):
         return z.add_(1.0).relu_()
 
 
+class _Pointwise(nn.Module):
+    """Element-wise ops on convolution outputs: operands alike (allocated by a shapes-only trace), broadcast,
+    of mixed layouts or integral (computed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y, z = self.a(x), self.b(x)
+        s = nn.functional.silu(y + z) * torch.sigmoid(z)
+        g = nn.functional.gelu(s, approximate="tanh") - nn.functional.hardswish(y).mul(2.0)
+        t = torch.tanh(g * g.mean((2, 3), keepdim=True))
+        m = t + z.contiguous(memory_format=torch.channels_last)
+        k = (y > 0).to(torch.int32)
+        return nn.functional.hardtanh(m, -0.5, 0.5) + nn.functional.relu(g) + (k + k).float()
+
+
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "small_unet", "channels_last", "cl_1x1",
-                                  "matmul"])
+                                  "matmul", "pointwise", "cl_resnet18"])
 def test_shapes_only_trace_equals_computing_every_op(name):
     from redistill.memory.trace import trace_model
 
@@ -357,6 +375,10 @@ def test_shapes_only_trace_equals_computing_every_op(name):
         model[0].weight.data = model[0].weight.data.to(memory_format=torch.channels_last)
     elif name == "matmul":  # bmm of two uncomputed values, then an in-place add_ and relu_ on the result
         model = _Outer().eval()
+    elif name == "pointwise":
+        model = _Pointwise().eval()
+    elif name == "cl_resnet18":  # residual adds of channels-last operands
+        model, x = tv("resnet18").to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     else:
         model = tv(name)
     fast, out = trace_model(model, (x,), values=False)
@@ -364,6 +386,37 @@ def test_shapes_only_trace_equals_computing_every_op(name):
     full, ref = trace_model(model, (x,), values=True)
     assert isinstance(ref, torch.Tensor)
     assert _structure(fast) == _structure(full)
+
+
+_cl = dict(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("op, args, allocated", [
+    ("add.Tensor", lambda: (torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5)), True),
+    ("add.Tensor", lambda: (torch.rand(2, 3, 4, 5).to(**_cl), torch.rand(2, 3, 4, 5).to(**_cl)), True),
+    ("mul.Tensor", lambda: (torch.rand(1, 3, 1, 5), torch.rand(1, 3, 1, 5)), True),
+    ("gelu.default", lambda: (torch.rand(2, 3, 4, 5).to(**_cl),), True),
+    ("hardtanh.default", lambda: (torch.rand(2, 3, 4, 5), -0.5, 0.5), True),
+    ("sub.Tensor", lambda: (torch.rand(2, 3, 4, 5).double(), torch.rand(2, 3, 4, 5).double()), True),
+    ("mul.Tensor", lambda: (torch.rand(2, 3, 4, 5), torch.rand(2, 3, 1, 1)), False),  # broadcast
+    ("add.Tensor", lambda: (torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5).to(**_cl)), False),  # mixed layouts
+    ("add.Tensor", lambda: (torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5).half()), False),  # promotion
+    ("add.Tensor", lambda: (torch.ones(2, 3, dtype=torch.int32), torch.ones(2, 3, dtype=torch.int32)), False),
+    ("relu.default", lambda: (torch.rand(4, 6)[:, ::2],), False),  # not dense
+])
+def test_element_wise_stand_in_is_laid_out_as_the_kernel_output(op, args, allocated):
+    from redistill.memory.trace import _uncomputed
+
+    packet, overload = op.split(".")
+    func = getattr(getattr(torch.ops.aten, packet), overload)
+    args = args()
+    out = _uncomputed("same_layout", func, args, {}, True)
+    assert (out is not None) == allocated
+    if allocated:
+        ref = func(*args)
+        assert (out.shape, out.stride(), out.dtype) == (ref.shape, ref.stride(), ref.dtype)
+        assert all(out.untyped_storage()._cdata != a.untyped_storage()._cdata for a in args
+                   if isinstance(a, torch.Tensor))
 
 
 @pytest.mark.parametrize("how", ["bool", "nonzero", "item_in_try", "slice", "buffer"])

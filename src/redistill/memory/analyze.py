@@ -13,7 +13,7 @@ from redistill.errors import UserError
 from redistill.memory import liveness, replay
 from redistill.memory.fold import fold_batchnorm, fold_trace, foldable_pairs
 from redistill.memory.report import MemoryReport, ModuleEntry, OpEntry
-from redistill.memory.trace import Trace, param_storages, paused_gc, trace_model
+from redistill.memory.trace import Trace, paused_gc, trace_model
 from redistill.util import model_inputs
 
 DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -163,7 +163,6 @@ def _analyze(model, input, batch_size, dtype, convention, fold_bn, inplace_depth
                 plan.produced[op.index], op.index in layer_set)
         for op in trace.ops
     ]
-    params = param_storages(m for _, m in named)
     peak_op = trace.ops[peak_index] if trace.ops else None
     report = MemoryReport(
         model=name or type(model).__name__,
@@ -177,7 +176,7 @@ def _analyze(model, input, batch_size, dtype, convention, fold_bn, inplace_depth
         peak_op=peak_op.name.removeprefix("aten.") if peak_op else "",
         peak_module=peak_op.module if peak_op else "",
         peaks=peaks,
-        param_bytes=sum(params.values()),
+        param_bytes=sum(trace.param_bytes.values()),  # the model's own, before any folding
         timeline=timeline,
         modules=_module_summary(trace, plan, traced_model),
     )

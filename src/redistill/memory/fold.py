@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import copy
+import math
 
-import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
@@ -61,7 +61,8 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
 
     Each BN op is dropped, its readers read the conv output instead, and the conv reads the fused
     weight and bias (computed as ``fuse_conv_bn_eval`` computes them; with ``weights`` False only
-    their shapes, as meta tensors, for an analysis that never runs the trace). Op indices, births, eager
+    their shapes and sizes, and no tensor in ``constants``, for an analysis that never runs the trace).
+    Op indices, births, eager
     deaths and module spans are renumbered; the conv output's buffer lives as long as the BN
     output did, as it does when the folded model runs.
     """
@@ -86,19 +87,23 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
         conv_name = conv_of_bn[op.module]
         conv_op, conv, bn = conv_ops[conv_name], modules[conv_name], modules[op.module]
         if weights:
-            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                                bn.weight, bn.bias)
-        else:  # what fuse_conv_bn_weights returns, in shape and dtype
-            weight = torch.empty_like(conv.weight, device="meta")
-            bias = torch.empty(conv.out_channels, device="meta",
-                               dtype=(conv.bias if conv.bias is not None else bn.running_mean).dtype)
+            fused = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                         bn.weight, bn.bias)
+            fused = [t.detach() for t in fused]
+            shapes = [(tuple(t.shape), t.dtype) for t in fused]
+        else:  # what fuse_conv_bn_weights returns, in shape and dtype only: no tensor is made
+            fused = None
+            shapes = [(tuple(conv.weight.shape), conv.weight.dtype),
+                      ((conv.out_channels,), (conv.bias if conv.bias is not None else bn.running_mean).dtype)]
         vids = []
-        for t in (weight.detach(), bias.detach()):
+        for i, (shape, dtype) in enumerate(shapes):
             vid, sid = next_vid, next_sid
             next_vid, next_sid = next_vid + 1, next_sid + 1
-            storages[sid] = Storage(sid, t.untyped_storage().nbytes(), t.element_size(), True, "param", -1)
-            values[vid] = Value(vid, sid, tuple(t.shape), t.dtype, t.numel(), -1)
-            constants[vid] = t
+            numel, itemsize = math.prod(shape), dtype.itemsize
+            storages[sid] = Storage(sid, numel * itemsize, itemsize, True, "param", -1)
+            values[vid] = Value(vid, sid, shape, dtype, numel, -1)
+            if fused is not None:
+                constants[vid] = fused[i]
             vids.append(vid)
         new_args[conv_op.index] = (vids[0], vids[1])
         conv_out, bn_out = conv_op.outputs[0], op.outputs[0]
@@ -143,7 +148,8 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
             args, kwargs = map_args(swap, op.args), map_args(swap, op.kwargs)
             if conv is not None:
                 args = (args[0], Ref(conv[0]), Ref(conv[1]), *args[3:])
-                inputs = list(dict.fromkeys(_refs(args) + _refs(kwargs)))
+                # aten.convolution's arguments are flat: its tensors are the Refs among them
+                inputs = list(dict.fromkeys([a.vid for a in args if type(a) is Ref] + _refs(kwargs)))
             else:
                 inputs = list(dict.fromkeys(rename.get(v, v) for v in op.inputs))
         outputs, out_tree = op.outputs, op.out_tree
@@ -172,7 +178,7 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
     types.update({bn: "Identity" for _, bn in pairs})
     return Trace(ops=ops, values=values, storages=storages, input_vids=list(trace.input_vids),
                  output_vids=[rename.get(v, v) for v in trace.output_vids], constants=constants,
-                 module_types=types, module_spans=spans)
+                 module_types=types, module_spans=spans, param_bytes=trace.param_bytes)
 
 
 def _modules(trace: Trace, model: nn.Module) -> dict[str, nn.Module]:

@@ -37,6 +37,13 @@ _aten = torch.ops.aten
 # does not compute them: their outputs are allocated with the sizes and strides of their meta kernels.
 HEAVY_OPS = frozenset({_aten.convolution.default, _aten.mm.default, _aten.addmm.default, _aten.bmm.default,
                        _aten.baddbmm.default})
+# Element-wise ops whose result, for tensor operands of one shape, dtype (floating) and layout and any
+# Python numbers besides, is a new tensor of that shape, dtype and layout: the common merges and
+# activations of CNNs, where a shapes-only trace allocates it rather than computing it (see _uncomputed).
+_SAME_LAYOUT_OPS = frozenset({
+    _aten.add.Tensor, _aten.sub.Tensor, _aten.mul.Tensor, _aten.relu.default, _aten.hardswish.default,
+    _aten.hardsigmoid.default, _aten.sigmoid.default, _aten.silu.default, _aten.hardtanh.default,
+    _aten.gelu.default, _aten.tanh.default})
 # Ops whose result (a Python scalar, an output shape) depends on the values of their inputs.
 _VALUE_TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
 
@@ -78,6 +85,8 @@ class _OpInfo:
             stand_in = "allocate"
         elif torch.Tag.inplace in tags and torch.Tag.pointwise in tags:
             stand_in = "inplace"
+        elif func in _SAME_LAYOUT_OPS:
+            stand_in = "same_layout"
         elif func is _aten._native_batch_norm_legit_no_training.default:
             stand_in = "eval_bn"
         elif func is _aten.native_batch_norm.default:
@@ -97,10 +106,12 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
     """What a shapes-only trace puts in place of computing ``func``, or None where it must compute it.
 
     The heavy ops on contiguous CPU operands are allocated from their meta kernels. Where an input is
-    already undefined, the result is too, and two common ops need no computing either: an in-place
-    pointwise op (``relu_``, ``add_``) returns its argument as it is, and an eval BatchNorm of a contiguous
-    fp32 CPU input returns a contiguous tensor and two empty statistics, as its CPU kernel allocates
-    them (its meta kernel is a Python decomposition that costs more than the kernel). Their buffers are
+    already undefined, the result is too, and three kinds of common op need no computing either: an
+    in-place pointwise op (``relu_``, ``add_``) returns its argument as it is, an element-wise op of
+    operands alike in shape, dtype and strides (:data:`_SAME_LAYOUT_OPS`: a residual add, an activation)
+    returns a tensor like its first, and an eval BatchNorm of a contiguous fp32 CPU input returns a
+    contiguous tensor and two empty statistics, as its CPU kernel allocates them (its meta kernel is a
+    Python decomposition that costs more than the kernel). Their buffers are
     left as allocated, and zeroed only where a computed op reads them (``_Tracer._fill``)."""
     if stand_in == "allocate":
         # Where the meta kernel's layout is the CPU kernel's: operands on the CPU with exactly row-major
@@ -113,9 +124,22 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
     if not undefined or not args or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
+    if stand_in == "same_layout":
+        # Operands of one shape, dtype and strides, non-overlapping and dense: TensorIterator gives the
+        # output those strides (``empty_like`` keeps them), and a Python number never changes a floating dtype.
+        if not x.dtype.is_floating_point or not (x.is_contiguous() or _dense(x)):
+            return None
+        shape, stride, dtype = x.shape, x.stride(), x.dtype
+        for a in (*args[1:], *kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                if a.shape != shape or a.dtype != dtype or a.stride() != stride or a.device != x.device:
+                    return None
+            elif type(a) not in (int, float, bool, str) and a is not None:  # gelu's approximate='tanh'
+                return None
+        return torch.empty_like(x)
     if stand_in == "inplace":
         # eager refuses an overlapping write (the contiguous case answered first: the full check is in Python)
-        if not (x.is_contiguous() or prims_common.is_non_overlapping_and_dense_or_false(x)):
+        if not (x.is_contiguous() or _dense(x)):
             return None
         others = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]
         if all(a.dtype == x.dtype and torch.broadcast_shapes(a.shape, x.shape) == x.shape for a in others):
@@ -127,11 +151,17 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
     return None
 
 
+def _dense(t: torch.Tensor) -> bool:
+    return prims_common.is_non_overlapping_and_dense_or_false(t)
+
+
 def _row_major_cpu(t: torch.Tensor) -> bool:
     """On the CPU with exactly row-major strides (``make_contiguous_strides_for``'s, size-1 and size-0
     dimensions included), in plain integers: this runs for every operand of every heavy op."""
     if t.device.type != "cpu":
         return False
+    if 1 not in t.shape:  # without size-1 dimensions, contiguous is exactly row-major
+        return t.is_contiguous()
     expected = 1
     for size, stride in zip(reversed(t.shape), reversed(t.stride())):
         if stride != expected:
@@ -246,11 +276,16 @@ class Trace:
     # name -> module of the traced model (what ``named_modules`` gives; walking it again costs a forward's
     # worth of small ops on a large model). Empty in a trace derived from another (fold_trace).
     modules: dict[str, nn.Module] = field(default_factory=dict)
+    # storage cdata -> bytes of the traced model's parameters and buffers (:func:`param_storages`)
+    param_bytes: dict[int, int] = field(default_factory=dict)
 
 
 # Leaf types that are neither a tensor nor a placeholder (most op arguments): passed through as they are.
 _LEAVES = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
                      torch.memory_format})
+
+
+_DIRECT = (torch.Tensor, Ref)  # what ``map_args`` hands to its ``fn``
 
 
 def _is_tensor(x: Any) -> bool:
@@ -265,20 +300,29 @@ def map_args(fn, tree: Any) -> Any:
     kind = type(tree)
     if kind in _LEAVES:
         return tree
-    leaves = _LEAVES
+    leaves, direct = _LEAVES, _DIRECT
+    # A tensor or placeholder among the items goes straight to ``fn``, without a call of this function.
     if kind is tuple:
-        return tuple([x if type(x) in leaves else map_args(fn, x) for x in tree])
+        return tuple([x if type(x) in leaves else fn(x) if isinstance(x, direct) else map_args(fn, x)
+                      for x in tree])
     if kind is list:
-        return [x if type(x) in leaves else map_args(fn, x) for x in tree]
+        return [x if type(x) in leaves else fn(x) if isinstance(x, direct) else map_args(fn, x) for x in tree]
     if kind is dict:
-        return {k: v if type(v) in leaves else map_args(fn, v) for k, v in tree.items()}
+        return {k: v if type(v) in leaves else fn(v) if isinstance(v, direct) else map_args(fn, v)
+                for k, v in tree.items()}
     if isinstance(tree, (tuple, list, dict)):
         return tree_map(fn, tree)
     return fn(tree)
 
 
 class _Tracer(TorchDispatchMode):
-    def __init__(self, trace: Trace, param_cdata: set[int], values: bool = True):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # TorchDispatchMode wraps a subclass's __torch_dispatch__ in torch._disable_dynamo, a few
+        # microseconds on every op; nothing here runs under torch.compile, so the wrapper is not asked for.
+        return False
+
+    def __init__(self, trace: Trace, param_cdata: set[int] | dict[int, int], values: bool = True):
         super().__init__()
         self.trace = trace
         self.param_cdata = param_cdata
@@ -550,7 +594,8 @@ def _trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], values: bool,
     names = {m: n for n, m in (model.named_modules() if named is None else named)}
     trace.modules = {n: m for m, n in names.items()}
     trace.module_types = {n: type(m).__name__ for n, m in trace.modules.items()}
-    tracer = _Tracer(trace, set(param_storages(names)), values)
+    trace.param_bytes = param_storages(names)
+    tracer = _Tracer(trace, trace.param_bytes, values)
     open_spans: list[tuple[str, int]] = []
 
     def pre(mod, _args):
