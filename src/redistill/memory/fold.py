@@ -62,9 +62,8 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
     Each BN op is dropped, its readers read the conv output instead, and the conv reads the fused
     weight and bias (computed as ``fuse_conv_bn_eval`` computes them; with ``weights`` False only
     their shapes and sizes, and no tensor in ``constants``, for an analysis that never runs the trace).
-    Op indices, births, eager
-    deaths and module spans are renumbered; the conv output's buffer lives as long as the BN
-    output did, as it does when the folded model runs.
+    Op indices, births, eager deaths and module spans are renumbered; the conv output's buffer lives
+    as long as the BN output did, as it does when the folded model runs.
     """
     modules = _modules(trace, model)
     bn_of = dict(pairs)
