@@ -431,7 +431,8 @@ def result_lines(agg: dict, summaries: dict, seeds: list[int], rows) -> list[str
     if diffs:
         lines.append("- Paired differences (test accuracy points; mean of the per-seed differences ± their sample std "
                      "over seeds): " + "; ".join(
-                         f"{label} **{d['mean']:+.2f} ± {d['std']:.2f}** (per seed "
+                         f"{label} **{d['mean']:+.2f}" + (f" ± {d['std']:.2f}" if len(d["per_seed"]) > 1 else "")
+                         + "** (per seed "
                          + ", ".join(f"{x:+.2f}" for x in d["per_seed"]) + ")" for label, d in diffs.items()) + ".")
         flags = [diffs["RED - vanilla"]["beyond_spread"], diffs["RED - student+"]["beyond_spread"]]
         verdict = ("undefined: one seed has no spread" if None in flags else "**yes**" if all(flags) else "**no**")

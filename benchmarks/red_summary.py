@@ -95,12 +95,15 @@ def _acc(row: dict, kind: str) -> str:
     if kind not in row["acc"]:
         return "-"
     std = row["acc_std"][kind]
-    return f"{row['acc'][kind]:.2f}" + ("" if std is None else f" ± {std:.2f}")
+    return f"{row['acc'][kind]:.2f}" + ("" if std is None or row["seeds"] < 2 else f" ± {std:.2f}")
 
 
 def _diff(row: dict, label: str) -> str:
+    """A paired difference with its spread over seeds (none shown for one seed: it has no spread)."""
     d = row["differences"].get(label)
-    return "-" if d is None else f"{d['mean']:+.2f} ± {d['std']:.2f}"
+    if d is None:
+        return "-"
+    return f"{d['mean']:+.2f}" + (f" ± {d['std']:.2f}" if row["seeds"] > 1 else " (1 seed)")
 
 
 def write(rows: list[dict], results: Path) -> list[Path]:

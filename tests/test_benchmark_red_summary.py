@@ -82,3 +82,13 @@ def test_a_file_from_an_older_script_is_one_clear_error(rs, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "fashion_mnist_old.json lacks subset, red_weights, argv" in err
     assert "rerun the command" in err and not (tmp_path / "red_summary.md").exists()
+
+
+def test_a_one_seed_file_shows_no_spread(fm, rs, tmp_path):
+    _protocol_file(fm, tmp_path, ["--tag", "one", "--seeds", "0", "--student-plus"],
+                   {"teacher": [94.0], "vanilla": [90.0], "red": [91.5], "student_plus": [90.5]})
+    assert "RED - vanilla **+1.50** (per seed +1.50)" in (tmp_path / "fashion_mnist_one.md").read_text()
+    assert rs.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "red_summary.md").read_text()
+    assert "| 1 | 94.00 | 90.00 | 91.50 |" in text and "| 90.50 | +1.50 (1 seed) | +1.00 (1 seed) | +0.50 (1 seed) |" in text
+    assert "±" not in text.split("| `fashion_mnist_one` |")[1].split("\n")[0]
