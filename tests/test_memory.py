@@ -419,6 +419,20 @@ def test_element_wise_stand_in_is_laid_out_as_the_kernel_output(op, args, alloca
                    if isinstance(a, torch.Tensor))
 
 
+@pytest.mark.parametrize("make, row_major", [
+    (lambda: torch.rand(2, 3, 4, 5), True),
+    (lambda: torch.rand(1, 3, 4, 5), True),
+    (lambda: torch.rand(2, 3, 4, 5).to(**_cl), False),
+    (lambda: torch.rand(6, 3, 1, 1).to(**_cl), False),  # is_contiguous() says yes; its strides are not row-major
+    (lambda: torch.empty_strided((2, 0, 3), (1, 5, 7)), False),  # empty: is_contiguous() says yes too
+    (lambda: torch.empty(2, 0, 3), True),
+])
+def test_row_major_is_the_exact_strides(make, row_major):
+    from redistill.memory.trace import _row_major_cpu
+
+    assert _row_major_cpu(make()) is row_major
+
+
 @pytest.mark.parametrize("how", ["bool", "nonzero", "item_in_try", "slice", "buffer"])
 def test_shapes_only_trace_reruns_where_a_value_decides(how):
     from redistill.memory.trace import trace_model

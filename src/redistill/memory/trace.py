@@ -160,7 +160,8 @@ def _row_major_cpu(t: torch.Tensor) -> bool:
     dimensions included), in plain integers: this runs for every operand of every heavy op."""
     if t.device.type != "cpu":
         return False
-    if 1 not in t.shape:  # without size-1 dimensions, contiguous is exactly row-major
+    shape = t.shape
+    if 1 not in shape and 0 not in shape:  # without size-1 (or empty) dimensions, contiguous is exactly row-major
         return t.is_contiguous()
     expected = 1
     for size, stride in zip(reversed(t.shape), reversed(t.stride())):
@@ -322,7 +323,7 @@ class _Tracer(TorchDispatchMode):
         # microseconds on every op; nothing here runs under torch.compile, so the wrapper is not asked for.
         return False
 
-    def __init__(self, trace: Trace, param_cdata: set[int] | dict[int, int], values: bool = True):
+    def __init__(self, trace: Trace, param_cdata: dict[int, int], values: bool = True):
         super().__init__()
         self.trace = trace
         self.param_cdata = param_cdata
