@@ -85,24 +85,21 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
             continue
         conv_name = conv_of_bn[op.module]
         conv_op, conv, bn = conv_ops[conv_name], modules[conv_name], modules[op.module]
-        if weights:
-            fused = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                         bn.weight, bn.bias)
-            fused = [t.detach() for t in fused]
-            shapes = [(tuple(t.shape), t.dtype) for t in fused]
+        if weights:  # (shape, dtype, tensor) of the fused weight and bias
+            fused = [(tuple(t.shape), t.dtype, t.detach()) for t in fuse_conv_bn_weights(
+                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)]
         else:  # what fuse_conv_bn_weights returns, in shape and dtype only: no tensor is made
-            fused = None
-            shapes = [(tuple(conv.weight.shape), conv.weight.dtype),
-                      ((conv.out_channels,), (conv.bias if conv.bias is not None else bn.running_mean).dtype)]
+            fused = [(tuple(conv.weight.shape), conv.weight.dtype, None),
+                     ((conv.out_channels,), (conv.bias if conv.bias is not None else bn.running_mean).dtype, None)]
         vids = []
-        for i, (shape, dtype) in enumerate(shapes):
+        for shape, dtype, t in fused:
             vid, sid = next_vid, next_sid
             next_vid, next_sid = next_vid + 1, next_sid + 1
             numel, itemsize = math.prod(shape), dtype.itemsize
             storages[sid] = Storage(sid, numel * itemsize, itemsize, True, "param", -1)
             values[vid] = Value(vid, sid, shape, dtype, numel, -1)
-            if fused is not None:
-                constants[vid] = fused[i]
+            if t is not None:
+                constants[vid] = t
             vids.append(vid)
         new_args[conv_op.index] = (vids[0], vids[1])
         conv_out, bn_out = conv_op.outputs[0], op.outputs[0]
