@@ -53,7 +53,11 @@ def test_forward_backward_every_parameter_gets_a_gradient(spec):
 
 
 def test_output_depends_on_the_timestep_and_a_scalar_timestep_broadcasts():
-    model = build_family(TINY, dropout=0.0).module.eval()
+    # Two channels per GroupNorm group: with one (TINY's 8 channels and the default 32 groups), the norm
+    # after the time embedding removes that per-channel shift, and the output changes with t only by
+    # float noise (about 1e-6 of its scale).
+    torch.manual_seed(0)
+    model = build_family(TINY + ":norm_groups=4", dropout=0.0).module.eval()
     for block in model.modules():  # blocks start as (almost) their skip: give them a real second conv
         if isinstance(block, ResBlock):
             nn.init.xavier_uniform_(block.conv2.weight)
@@ -61,8 +65,10 @@ def test_output_depends_on_the_timestep_and_a_scalar_timestep_broadcasts():
     with torch.no_grad():
         a, b = model(x, torch.tensor([3, 3])), model(x, torch.tensor([900, 900]))
         c = model(x, torch.tensor(3))
-    # Outputs start tiny (the output conv is initialised near zero), so compare relatively.
-    assert not torch.allclose(a, b, rtol=1e-3, atol=0) and torch.allclose(a, c, rtol=1e-6, atol=0)
+    # Outputs start tiny (the output conv is initialised near zero), so compare against their scale.
+    scale = a.abs().max()
+    assert (a - b).abs().max() > 1e-2 * scale  # 0.16-0.54 of it over seeds 0-39
+    assert torch.allclose(a, c, rtol=1e-6, atol=0)
 
 
 def test_depth_options_move_the_slots():
