@@ -58,6 +58,16 @@ def test_no_fold_bn_counts_batchnorm_outputs():
     assert folded.options["folded_pairs"] == 20 and unfolded.options["folded_pairs"] == 0
 
 
+def test_batchnorm_without_running_statistics_is_not_folded():
+    # in eval mode too it normalises by the batch's statistics: there is nothing to fold into the conv
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, track_running_stats=False),
+                          nn.ReLU(), nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4)).eval()
+    for measure in (False, True):
+        rep = analyze_memory(model, (1, 3, 8, 8), measure=measure)
+        assert rep.options["folded_pairs"] == 1  # the second BN only
+        assert {e.module for e in rep.timeline if "batch_norm" in e.op} == {"1"}
+
+
 def test_batch_and_dtype_scale_linearly():
     base = analyze_memory(tv("resnet18"), (1, 3, 64, 64)).peak_bytes
     assert analyze_memory(tv("resnet18"), (1, 3, 64, 64), batch_size=4).peak_bytes == 4 * base
@@ -260,6 +270,8 @@ def test_fold_from_one_trace_equals_tracing_the_folded_model(name):
     assert pairs
     twice, _ = trace_model(fold_batchnorm(model, pairs), x)
     once = fold_trace(trace, model, pairs)
+    # the shapes-only fold (no fused tensor made) records the same fused operands, in shape and size
+    assert _structure(fold_trace(trace, model, pairs, weights=False)) == _structure(once)
     assert [(o.name, o.module) for o in once.ops] == [(o.name, o.module) for o in twice.ops]
     assert once.module_spans == twice.module_spans
     for elem in (4, 1):

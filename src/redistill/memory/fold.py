@@ -15,7 +15,8 @@ _BN_OPS = {"aten._native_batch_norm_legit_no_training.default", "aten.native_bat
 
 
 def foldable_pairs(trace: Trace, model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) module names where the BN reads a conv output that nothing else reads.
+    """(conv, bn) module names where the BN reads a conv output that nothing else reads (and has
+    running statistics to fold).
 
     Found from the executed graph, not from module order, so it is right for any model;
     modules called more than once are left alone (folding would change other calls).
@@ -34,7 +35,9 @@ def foldable_pairs(trace: Trace, model: nn.Module) -> list[tuple[str, str]]:
             conv_of[op.outputs[0]] = op.module
     pairs = []
     for op in trace.ops:
-        if op.name not in _BN_OPS or not isinstance(modules.get(op.module), nn.BatchNorm2d):
+        bn = modules.get(op.module)
+        # a BN without running statistics normalises by the batch's, in eval mode too: nothing to fold
+        if op.name not in _BN_OPS or not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
             continue
         x = op.args[0].vid
         conv = conv_of.get(x)
@@ -88,9 +91,10 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
         if weights:  # (shape, dtype, tensor) of the fused weight and bias
             fused = [(tuple(t.shape), t.dtype, t.detach()) for t in fuse_conv_bn_weights(
                 conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)]
-        else:  # what fuse_conv_bn_weights returns, in shape and dtype only: no tensor is made
-            fused = [(tuple(conv.weight.shape), conv.weight.dtype, None),
-                     ((conv.out_channels,), (conv.bias if conv.bias is not None else bn.running_mean).dtype, None)]
+        else:  # what fuse_conv_bn_weights returns, in shape and dtype only, read off the recorded operands
+            weight = values[conv_op.args[1].vid]
+            bias = conv_op.args[2] if conv_op.args[2] is not None else op.args[3]  # else BN's running mean
+            fused = [(weight.shape, weight.dtype, None), ((weight.shape[0],), values[bias.vid].dtype, None)]
         vids = []
         for shape, dtype, t in fused:
             vid, sid = next_vid, next_sid
@@ -141,12 +145,12 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
         touched_in = conv is not None or not renamed.isdisjoint(op.inputs)
         args, kwargs, inputs = op.args, op.kwargs, op.inputs
         if touched_in:
-            args, kwargs = map_args(swap, op.args), map_args(swap, op.kwargs)
-            if conv is not None:
-                args = (args[0], Ref(conv[0]), Ref(conv[1]), *args[3:])
-                # aten.convolution's arguments are flat: its tensors are the Refs among them
-                inputs = list(dict.fromkeys([a.vid for a in args if type(a) is Ref] + _refs(kwargs)))
+            if conv is not None:  # aten.convolution's tensors are its first three arguments, none by keyword
+                x = op.args[0]
+                args = (Ref(rename.get(x.vid, x.vid)), Ref(conv[0]), Ref(conv[1]), *op.args[3:])
+                inputs = list(dict.fromkeys([args[0].vid, conv[0], conv[1]]))
             else:
+                args, kwargs = map_args(swap, op.args), map_args(swap, op.kwargs)
                 inputs = list(dict.fromkeys(rename.get(v, v) for v in op.inputs))
         outputs, out_tree = op.outputs, op.out_tree
         if not renamed.isdisjoint(op.outputs):
@@ -155,12 +159,15 @@ def fold_trace(trace: Trace, model: nn.Module, pairs: list[tuple[str, str]], wei
         ops.append(Op(new_index[op.index], op.name, op.func, args, kwargs, inputs, outputs, out_tree,
                       op.module, op.module_type, in_place_of))
     for vid, v in values.items():
-        if remap(v.producer) != v.producer:
-            values[vid] = Value(v.vid, v.sid, v.shape, v.dtype, v.numel, remap(v.producer))
+        p = v.producer
+        if p >= 0 and at_or_before[p] != p:
+            values[vid] = Value(v.vid, v.sid, v.shape, v.dtype, v.numel, at_or_before[p])
     for sid, s in storages.items():
-        death = s.eager_death if s.eager_death is None else remap(s.eager_death)
-        if (remap(s.birth), death) != (s.birth, s.eager_death):
-            storages[sid] = Storage(s.sid, s.nbytes, s.itemsize, s.floating, s.kind, remap(s.birth), death)
+        birth, death = s.birth, s.eager_death
+        new_birth = birth if birth < 0 else at_or_before[birth]
+        new_death = death if death is None or death < 0 else at_or_before[death]
+        if new_birth != birth or new_death != death:
+            storages[sid] = Storage(s.sid, s.nbytes, s.itemsize, s.floating, s.kind, new_birth, new_death)
     # A span starts at its first kept op, or (none kept) just after the last kept op before it.
     next_kept, upcoming = [len(trace.ops)] * (len(trace.ops) + 1), len(trace.ops)
     for i in range(len(trace.ops) - 1, -1, -1):
@@ -181,8 +188,3 @@ def _modules(trace: Trace, model: nn.Module) -> dict[str, nn.Module]:
     """name -> module of ``model``: the trace's own walk when it traced this very model."""
     return trace.modules if trace.modules.get("") is model else dict(model.named_modules())
 
-
-def _refs(tree) -> list[int]:
-    out: list[int] = []
-    map_args(lambda x: out.append(x.vid) if isinstance(x, Ref) else None, tree)
-    return out

@@ -48,6 +48,8 @@ _SAME_LAYOUT_OPS = frozenset({
 _VALUE_TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
 
 
+_CONV = _aten.convolution.default
+_EMPTY = _aten.empty.memory_format  # eval BatchNorm allocates one on every call
 _EXPIRED, _FREE_REF = torch.UntypedStorage._expired, torch.UntypedStorage._free_weak_ref
 
 
@@ -77,6 +79,10 @@ class _OpInfo:
     value_dependent: bool  # a Python number or an output shape that depends on its inputs' values
     stand_in: str | None  # how a shapes-only trace replaces computing it (see _uncomputed)
     writes: tuple[int | str, ...]  # the arguments it writes into (positions, or names when passed by keyword)
+    # The positions of its Tensor and optional Tensor arguments: only those are looked at for tensors
+    # (the others, a convolution's strides and paddings, pass through unwalked). None where an argument
+    # is a list of tensors (``cat``, ``index``): then every argument is walked.
+    tensor_args: tuple[int, ...] | None
 
     @staticmethod
     def of(func) -> _OpInfo:
@@ -93,9 +99,33 @@ class _OpInfo:
             stand_in = "bn"
         else:
             stand_in = None
-        writes = tuple(x for i, a in enumerate(func._schema.arguments)
+        arguments = func._schema.arguments
+        writes = tuple(x for i, a in enumerate(arguments)
                        if a.alias_info is not None and a.alias_info.is_write for x in (i, a.name))
-        return _OpInfo(str(func), func.is_view, any(t in tags for t in _VALUE_TAGS), stand_in, writes)
+        kinds = [_argument_kind(a.type) for a in arguments]
+        tensor_args = None if "list" in kinds else tuple(
+            i for i, (a, k) in enumerate(zip(arguments, kinds)) if k == "tensor" and not a.kwarg_only)
+        return _OpInfo(str(func), func.is_view, any(t in tags for t in _VALUE_TAGS), stand_in, writes, tensor_args)
+
+
+def _argument_kind(t) -> str:
+    """"tensor" for a Tensor or optional Tensor schema type, "list" for a list that may hold tensors
+    (or a type that is neither, to be safe), "other" for everything else."""
+    if isinstance(t, torch.OptionalType):
+        t = t.getElementType()
+    if isinstance(t, torch.TensorType):
+        return "tensor"
+    if isinstance(t, torch.ListType):
+        return "other" if _argument_kind(t.getElementType()) == "other" else "list"
+    if isinstance(t, (torch.IntType, torch.FloatType, torch.BoolType, torch.NumberType, torch.StringType,
+                      torch.DeviceObjType, torch.SymIntType, torch.ComplexType)) or str(t) in _PLAIN_TYPES:
+        return "other"
+    return "list"
+
+
+# Schema types that print as these hold no tensor (dtypes, layouts and memory formats print as int).
+_PLAIN_TYPES = frozenset({"int", "float", "bool", "str", "number", "Device", "Layout", "ScalarType",
+                          "MemoryFormat", "Generator", "Dimname", "SymInt", "complex", "Storage"})
 
 
 # OpOverload -> what the tracer needs to know of it (the same in every trace; OpOverloads live for good).
@@ -118,9 +148,15 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
         # strides, size-1 dimensions included (for an operand the CPU convolution reads as channels-last,
         # such as an (O, I, 1, 1) weight converted to it, which ``is_contiguous()`` also accepts, the meta
         # kernel answers contiguous where the CPU one answers channels-last).
-        if all(_row_major_cpu(a) for a in args if isinstance(a, torch.Tensor)):
-            return _allocate_output(func, args, kwargs)
-        return None
+        if func is _CONV:  # its tensors are its first three arguments (the bias may be None)
+            x, weight, bias = args[0], args[1], args[2]
+            if _row_major_cpu(x) and _row_major_cpu(weight) and (bias is None or _row_major_cpu(bias)):
+                return _allocate_output(func, args, kwargs)
+            return None
+        for a in args:
+            if isinstance(a, torch.Tensor) and not _row_major_cpu(a):
+                return None
+        return _allocate_output(func, args, kwargs)
     if not undefined or not args or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
@@ -146,7 +182,7 @@ def _uncomputed(stand_in: str, func, args, kwargs, undefined: bool) -> Any:
             return x
         return None
     eval_mode = stand_in == "eval_bn" or (len(args) > 5 and args[5] is False)  # native_batch_norm: training
-    if eval_mode and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous():
+    if eval_mode and x.dtype == torch.float32 and x.is_cpu and x.is_contiguous():
         return torch.empty_like(x), x.new_empty(0), x.new_empty(0)
     return None
 
@@ -158,13 +194,13 @@ def _dense(t: torch.Tensor) -> bool:
 def _row_major_cpu(t: torch.Tensor) -> bool:
     """On the CPU with exactly row-major strides (``make_contiguous_strides_for``'s, size-1 and size-0
     dimensions included), in plain integers: this runs for every operand of every heavy op."""
-    if t.device.type != "cpu":
+    if not t.is_cpu:  # (``t.device.type`` builds a device object: several times the cost)
         return False
     shape = t.shape
     if 1 not in shape and 0 not in shape:  # without size-1 (or empty) dimensions, contiguous is exactly row-major
         return t.is_contiguous()
     expected = 1
-    for size, stride in zip(reversed(t.shape), reversed(t.stride())):
+    for size, stride in zip(reversed(shape), reversed(t.stride())):
         if stride != expected:
             return False
         if size > 1:
@@ -176,38 +212,44 @@ def _conv_output_shape(x, weight, bias, stride, padding, dilation, transposed, o
     """The output shape ``aten.convolution``'s meta kernel gives (contiguous, in the input's dtype), in
     plain integers: the meta kernel costs about 40 us a call, as much as the rest of recording the op.
     None where the arguments are anything but ordinary (the meta kernel then decides)."""
-    dims, kernel = x.shape[2:], weight.shape[2:]
-    n = len(dims)
-    if n == 0 or len(kernel) != n:
+    shape, kernel = x.shape, weight.shape
+    n = len(shape) - 2
+    if n <= 0 or len(kernel) != n + 2 or shape[1] == 0:
         return None
-    stride, padding, dilation, output_padding = (
-        list(v) * n if len(v) == 1 else list(v) for v in (stride, padding, dilation, output_padding))
-    if not all(len(v) == n for v in (stride, padding, dilation, output_padding)) or x.shape[1] == 0:
-        return None
+    if len(stride) != n or len(padding) != n or len(dilation) != n or len(output_padding) != n:
+        stride, padding, dilation, output_padding = (
+            list(v) * n if len(v) == 1 else list(v) for v in (stride, padding, dilation, output_padding))
+        if not (len(stride) == len(padding) == len(dilation) == len(output_padding) == n):
+            return None
+    out = [shape[0], 0]
     if transposed:
-        out = [(i - 1) * s - 2 * p + d * (k - 1) + o + 1
-               for i, s, p, d, k, o in zip(dims, stride, padding, dilation, kernel, output_padding)]
-        channels = groups * weight.shape[1]
+        out[1] = groups * kernel[1]
+        for j in range(n):
+            o = (shape[j + 2] - 1) * stride[j] - 2 * padding[j] + dilation[j] * (kernel[j + 2] - 1) + output_padding[j] + 1
+            if o <= 0:
+                return None
+            out.append(o)
     else:
-        if weight.shape[1] * groups != x.shape[1]:
+        if kernel[1] * groups != shape[1]:
             return None
-        if any(i + 2 * p < d * (k - 1) + 1 for i, p, d, k in zip(dims, padding, dilation, kernel)):
-            return None
-        out = [(i + 2 * p - d * (k - 1) - 1) // s + 1 for i, s, p, d, k in zip(dims, stride, padding, dilation, kernel)]
-        channels = weight.shape[0]
-    if any(o <= 0 for o in out):
-        return None
-    return (x.shape[0], channels, *out)
+        out[1] = kernel[0]
+        for j in range(n):
+            span = dilation[j] * (kernel[j + 2] - 1) + 1
+            padded = shape[j + 2] + 2 * padding[j]
+            if padded < span:
+                return None
+            out.append((padded - span) // stride[j] + 1)
+    return out
 
 
 def _allocate_output(func, args, kwargs) -> Any:
     """The output of ``func`` allocated, not computed: sizes, strides and dtype from its meta kernel
     (what eager PyTorch allocates), the device of its first tensor argument, left uninitialised."""
-    device = next(x.device for x in args if isinstance(x, torch.Tensor))
-    if func is _aten.convolution.default and not kwargs:
+    if func is _CONV and not kwargs:
         shape = _conv_output_shape(*args)
         if shape is not None:
-            return torch.empty(shape, dtype=args[0].dtype, device=device)
+            return args[0].new_empty(shape)  # the input's dtype and device
+    device = next(x.device for x in args if isinstance(x, torch.Tensor))
     meta = func(*map_args(_meta_like, args), **map_args(_meta_like, kwargs))
 
     def real(m: Any) -> Any:
@@ -456,10 +498,20 @@ class _Tracer(TorchDispatchMode):
             in_vids.append(vid)
             return Ref(vid)
 
-        args_ref, kwargs_ref = map_args(to_ref, args), map_args(to_ref, kwargs)
         info = _OP_INFO.get(func)
         if info is None:
             info = _OP_INFO[func] = _OpInfo.of(func)
+        positions = info.tensor_args
+        if positions is None:
+            args_ref = map_args(to_ref, args)
+        else:  # only the Tensor arguments (in order, as map_args would meet them): the rest are no tensors
+            args_ref = list(args)
+            n = len(args)
+            for i in positions:
+                if i < n:
+                    args_ref[i] = to_ref(args[i])
+            args_ref = tuple(args_ref)
+        kwargs_ref = map_args(to_ref, kwargs) if kwargs else kwargs
         values = self.trace.values  # storages, not values: a write into a view leaves its base undefined
         undefined = False
         if self.undefined:
@@ -482,7 +534,8 @@ class _Tracer(TorchDispatchMode):
                 raise _NeedValues(info.name)
             if self.unfilled and not info.is_view:
                 self._fill(in_tensors, in_vids)
-            out = func(*args, **kwargs)
+            # torch.empty is the same op, without the cost of parsing keywords against the schema
+            out = torch.empty(*args, **kwargs) if func is _EMPTY else func(*args, **kwargs)
             if undefined and _has_scalar(out):
                 raise _NeedValues(info.name)  # a Python number read off an undefined tensor
         name, is_view = info.name, info.is_view
@@ -512,7 +565,7 @@ class _Tracer(TorchDispatchMode):
             outputs.append(vid)
             return Ref(vid)
 
-        out_tree = map_args(record, out)
+        out_tree = record(out) if type(out) is torch.Tensor else map_args(record, out)
         if undefined:
             self.undefined.update(values[v].sid for v in outputs)
             if stood_in and info.stand_in != "inplace":
