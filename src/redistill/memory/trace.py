@@ -225,7 +225,8 @@ def _conv_output_shape(x, weight, bias, stride, padding, dilation, transposed, o
     if transposed:
         out[1] = groups * kernel[1]
         for j in range(n):
-            o = (shape[j + 2] - 1) * stride[j] - 2 * padding[j] + dilation[j] * (kernel[j + 2] - 1) + output_padding[j] + 1
+            span = dilation[j] * (kernel[j + 2] - 1) + 1
+            o = (shape[j + 2] - 1) * stride[j] - 2 * padding[j] + span + output_padding[j]
             if o <= 0:
                 return None
             out.append(o)
