@@ -594,6 +594,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", type=Path, default=None, metavar="RESULTS_JSON",
                    help="take the finished seeds of an earlier call of the same protocol from its results file "
                         "(its run folders need not exist: e.g. another machine's), train only the other seeds")
+    p.add_argument("--replot", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="redraw the accuracy-vs-memory figure of a results file written by this script "
+                        "(the PNG next to it) and stop")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides for every run")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -616,9 +619,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def replot(path: Path) -> Path:
+    """Redraw ``path``'s figure (``<stem>.png`` beside it) from its groups, without training anything."""
+    from redistill import results as report
+    from redistill.errors import UserError
+
+    try:
+        data = json.loads(path.read_text())
+        groups, seeds = data["groups"], data["settings"]["seeds"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--replot {path}: not a results file of this script ({type(err).__name__}: {err}); "
+                        "give a results JSON written by benchmarks/fashion_mnist.py") from None
+    return report.plot_accuracy_vs_memory(_rows({"groups": groups}), path.with_suffix(".png"),
+                                          title=f"Fashion-MNIST, mean ± std over {len(seeds)} seeds")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from redistill.errors import UserError
+
+    if args.replot is not None:
+        try:
+            print(replot(args.replot))
+        except UserError as err:
+            print(f"fashion_mnist.py: error: {err}", file=sys.stderr)
+            return 2
+        return 0
 
     start = time.perf_counter()
     try:

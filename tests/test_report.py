@@ -70,3 +70,41 @@ def test_plot_accuracy_vs_memory_writes_png(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 5000
+
+
+def test_labels_of_points_at_one_memory_are_spread_apart():
+    from redistill.results import _spread_labels
+
+    # three students of one size within 0.1 point of each other, a teacher elsewhere at the same accuracy
+    points = [(80.0, 87.12), (80.5, 87.06), (80.0, 87.82), (360.0, 87.10), (79.9, 86.28)]
+    ys = _spread_labels(points)
+    step = 0.05 * (87.82 - 86.28)
+    assert ys[1] == 87.06 and ys[4] == 86.28 and ys[3] == 87.10  # the lowest of a cluster, and a lone point, stay
+    assert ys[0] >= ys[1] + step - 1e-9  # moved up clear of its neighbour
+    assert ys[2] == 87.82  # already clear
+    same_x = sorted(y for (x, _), y in zip(points, ys) if x < 100)
+    assert all(b - a >= step - 1e-9 for a, b in zip(same_x, same_x[1:]))
+
+
+def test_fashion_mnist_replot_redraws_a_results_figure_and_refuses_other_files(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("fm_bench", root / "benchmarks" / "fashion_mnist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    group = {"model": "cifar_resnet20 [4,1,2,1]", "test_acc_mean": 84.0, "test_acc_std": 0.2, "test_acc": [83.8, 84.2],
+             "peak_bytes_live": 40960, "peak_bytes_layer": 40960, "params": 1000, "flops": 2000}
+    results = tmp_path / "fashion_mnist_x.json"
+    results.write_text(json.dumps({"settings": {"seeds": [0, 1]},
+                                   "groups": {"teacher": {**group, "peak_bytes_live": 327680},
+                                              "vanilla": group, "red": {**group, "test_acc_mean": 84.1}}}))
+    assert bench.main(["--replot", str(results)]) == 0
+    assert (tmp_path / "fashion_mnist_x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}))
+    assert bench.main(["--replot", str(other)]) == 2
+    assert "not a results file of this script" in capsys.readouterr().err
+    assert not (tmp_path / "other.png").exists()

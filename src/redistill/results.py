@@ -172,6 +172,23 @@ def results_table(rows: Sequence[ResultRow], markdown: bool = False, reference: 
     return format_table(TABLE_HEADERS, table_cells(rows, reference), markdown=markdown)
 
 
+def _spread_labels(points: list[tuple[float, float]], gap: float = 0.05) -> list[float]:
+    """The height of each point's label: its own, moved up just enough that labels of points at the same
+    memory (within 2%) stand at least ``gap`` of the accuracy range apart (students of one size often
+    differ by less than a label's height)."""
+    if not points:
+        return []
+    ys = [y for _, y in points]
+    step = gap * max(max(ys) - min(ys), 1.0)
+    out = list(ys)
+    order = sorted(range(len(points)), key=lambda k: (points[k][1], k))
+    for n, k in enumerate(order):
+        below = [out[j] for j in order[:n] if abs(points[j][0] - points[k][0]) <= 0.02 * points[k][0]]
+        if below:
+            out[k] = max(out[k], max(below) + step)
+    return out
+
+
 def plot_accuracy_vs_memory(rows: Sequence[ResultRow], path: str | Path, title: str | None = None) -> Path:
     """Scatter test accuracy against peak memory (live convention), one point per row.
 
@@ -193,13 +210,13 @@ def plot_accuracy_vs_memory(rows: Sequence[ResultRow], path: str | Path, title: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, r in enumerate(rows):
-        if r.acc is None or r.peak_live is None:
-            continue
+    shown = [(i, r) for i, r in enumerate(rows) if r.acc is not None and r.peak_live is not None]
+    label_y = _spread_labels([(r.peak_live / KIB, 100 * r.acc) for _, r in shown])
+    for (i, r), ly in zip(shown, label_y):
         x, y = r.peak_live / KIB, 100 * r.acc
         yerr = None if r.acc_std is None else 100 * r.acc_std
         ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=4, color=f"C{i}", label=f"{r.name} ({r.model})")
-        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        ax.annotate(r.name, (x, ly), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xscale("log")
     xs = [r.peak_live / KIB for r in rows if r.acc is not None and r.peak_live is not None]
     if xs:  # room around the points, so labels at the extremes stay inside the axes
